@@ -1,0 +1,363 @@
+"""The HTTP API: Tornado handlers, the route table and the one JSON error body.
+
+Reads come from the local store. Writes build a command, submit it through
+replication and answer once it is committed (shared/DESIGN.md, invariant 1);
+a handler never writes SQLite. Every route also answers under ``/v1`` and
+``/job/`` is accepted for ``/jobs/``, so Dkron's clients work unchanged.
+
+Errors have one shape, ``{"error": "<message naming the field>"}``, produced
+in ``BaseHandler.write_error``; ``DcronError`` subclasses carry their status.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+import tornado.web
+
+from dcron import jobs, scheduler
+from dcron.errors import DcronError, InvalidInput, NotFound, TooLarge, Unavailable
+from dcron.store import Store
+
+logger = logging.getLogger(__name__)
+
+SORTABLE = (
+    "name",
+    "displayname",
+    "schedule",
+    "owner",
+    "status",
+    "next",
+    "disabled",
+    "success_count",
+    "error_count",
+    "last_success",
+    "last_error",
+)
+
+
+class NodeView(Protocol):
+    """What the API needs from a node."""
+
+    name: str
+    store: Store
+
+    async def submit(self, command: dict[str, Any]) -> dict[str, Any]: ...
+    def info(self) -> dict[str, Any]: ...
+    def members(self) -> list[dict[str, Any]]: ...
+    def leader(self) -> dict[str, Any] | None: ...
+    def choose_node(self, job: dict[str, Any]) -> str | None: ...
+    def running_output(self, execution_id: str) -> str | None: ...
+
+    @property
+    def config(self) -> Any: ...
+
+
+class BaseHandler(tornado.web.RequestHandler):
+    node: NodeView
+
+    def initialize(self, node: NodeView) -> None:
+        self.node = node
+
+    def set_default_headers(self) -> None:
+        self.set_header("Content-Type", "application/json; charset=utf-8")
+
+    def send(self, payload: Any, status: int = 200) -> None:
+        self.set_status(status)
+        self.finish(json.dumps(payload, indent=None) + "\n")
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        message = self._reason
+        exc_info = kwargs.get("exc_info")
+        if exc_info is not None:
+            exc = exc_info[1]
+            if isinstance(exc, DcronError):
+                message = exc.message
+            elif isinstance(exc, tornado.web.HTTPError) and exc.log_message:
+                message = exc.log_message
+        self.finish(json.dumps({"error": message.lower()}) + "\n")
+
+    def _handle_request_exception(self, e: BaseException) -> None:
+        if isinstance(e, DcronError):
+            self.send_error(e.status, exc_info=(type(e), e, e.__traceback__))
+            return
+        super()._handle_request_exception(e)
+
+    def log_exception(self, typ: Any, value: Any, tb: Any) -> None:
+        if isinstance(value, DcronError):
+            return
+        super().log_exception(typ, value, tb)
+
+    # ---- request parsing ---------------------------------------------------
+
+    def json_body(self) -> Any:
+        body = self.request.body
+        if len(body) > self.node.config.max_body_bytes:
+            raise TooLarge(f"body: larger than {self.node.config.max_body_bytes} bytes")
+        if not body.strip():
+            raise InvalidInput("body", "empty; expected a JSON object")
+        try:
+            return json.loads(body)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise InvalidInput("body", f"not valid JSON: {exc}") from exc
+
+    def int_arg(self, name: str, default: int | None, minimum: int = 0) -> int | None:
+        raw = self.get_query_argument(name, None)
+        if raw is None or raw == "":
+            return default
+        try:
+            value = int(raw)
+        except ValueError:
+            raise InvalidInput(name, "must be an integer") from None
+        if value < minimum:
+            raise InvalidInput(name, f"must be at least {minimum}")
+        return value
+
+    def job_or_404(self, name: str) -> dict[str, Any]:
+        job = self.node.store.get_job(name)
+        if job is None:
+            raise NotFound(f"job {name} not found")
+        return job
+
+    async def commit(self, command: dict[str, Any]) -> dict[str, Any]:
+        """Submit a command; turn a refusal from the store into its error."""
+        result = await self.node.submit(command)
+        if "error" in result:
+            error = DcronError(result["error"])
+            error.status = result.get("status", 500)
+            raise error
+        return result
+
+    def render(self, job: dict[str, Any]) -> dict[str, Any]:
+        return jobs.as_json(job, datetime.now(UTC))
+
+    async def put_job(self, body: Any, path_name: str | None = None) -> None:
+        if path_name is not None and isinstance(body, dict):
+            body.setdefault("name", path_name)
+            if body.get("name") != path_name:
+                raise InvalidInput("name", "does not match the job in the path")
+        job = jobs.validate(body, datetime.now(UTC))
+        result = await self.commit({"op": "put_job", "job": job, "at": time.time()})
+        stored = result["job"]
+        logger.info(
+            "job %s %s", job["name"], "created" if result["created"] else "replaced"
+        )
+        if self.get_query_argument("runoncreate", "") == "true":
+            await self.run_job(stored)
+        self.send(self.render(stored), 201)
+
+    async def run_job(self, job: dict[str, Any], force: bool = False) -> dict | None:
+        command = scheduler.fire_command(
+            job,
+            time.time(),
+            "manual",
+            self.node.choose_node(job),
+            self.node.config.executions_per_job,
+            force=force,
+        )
+        result = await self.commit(command)
+        return result.get("execution")
+
+
+class InfoHandler(BaseHandler):
+    def get(self) -> None:
+        self.send(self.node.info())
+
+
+class HealthHandler(BaseHandler):
+    def get(self) -> None:
+        self.send({"status": "ok", "name": self.node.name})
+
+
+class MembersHandler(BaseHandler):
+    def get(self) -> None:
+        self.send(self.node.members())
+
+
+class LeaderHandler(BaseHandler):
+    def get(self) -> None:
+        leader = self.node.leader()
+        if leader is None:
+            raise Unavailable("no leader")
+        self.send(leader)
+
+
+class JobsHandler(BaseHandler):
+    def get(self) -> None:
+        now = datetime.now(UTC)
+        found = [jobs.as_json(job, now) for job in self.node.store.list_jobs()]
+        found = self._filter(found)
+        found = self._sort(found)
+        self.set_header("X-Total-Count", str(len(found)))
+        self.set_header("Access-Control-Expose-Headers", "X-Total-Count")
+        start = self.int_arg("_start", 0) or 0
+        end = self.int_arg("_end", None)
+        self.send(found[start:end])
+
+    def _filter(self, found: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        for key, values in self.request.query_arguments.items():
+            if key.startswith("metadata[") and key.endswith("]"):
+                field = key[len("metadata[") : -1]
+                wanted = values[-1].decode()
+                found = [j for j in found if j["metadata"].get(field) == wanted]
+        query = self.get_query_argument("q", "")
+        if query:
+            found = [j for j in found if query.lower() in j["name"].lower()]
+        status = self.get_query_argument("status", "")
+        if status:
+            found = [j for j in found if j["status"] == status]
+        disabled = self.get_query_argument("disabled", "")
+        if disabled:
+            if disabled not in ("true", "false"):
+                raise InvalidInput("disabled", "must be true or false")
+            found = [j for j in found if j["disabled"] == (disabled == "true")]
+        return found
+
+    def _sort(self, found: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        field = self.get_query_argument("_sort", "name")
+        if field not in SORTABLE:
+            raise InvalidInput("_sort", f"must be one of {', '.join(SORTABLE)}")
+        order = self.get_query_argument("_order", "ASC").upper()
+        if order not in ("ASC", "DESC"):
+            raise InvalidInput("_order", "must be ASC or DESC")
+        # None sorts first ascending, so unset times and never-run jobs group.
+        return sorted(
+            found,
+            key=lambda j: (j[field] is not None, j[field], j["name"]),
+            reverse=order == "DESC",
+        )
+
+    async def post(self) -> None:
+        await self.put_job(self.json_body())
+
+    async def put(self) -> None:
+        await self.put_job(self.json_body())
+
+
+class JobHandler(BaseHandler):
+    def get(self, name: str) -> None:
+        self.send(self.render(self.job_or_404(name)))
+
+    async def delete(self, name: str) -> None:
+        self.job_or_404(name)
+        result = await self.commit({"op": "delete_job", "name": name})
+        logger.info("job %s deleted", name)
+        self.send(self.render(result["job"]))
+
+    async def post(self, name: str) -> None:
+        await self._run(name)
+
+    async def put(self, name: str) -> None:
+        # Dkron's meaning: a PUT with a job body creates or replaces that job;
+        # without a body it runs the job now.
+        if self.request.body.strip():
+            await self.put_job(self.json_body(), name)
+        else:
+            await self._run(name)
+
+    async def _run(self, name: str) -> None:
+        job = self.job_or_404(name)
+        force = self.get_query_argument("force", "") == "true"
+        await self.run_job(job, force=force)
+        logger.info("job %s run on request", name)
+        self.send(self.render(self.job_or_404(name)), 202)
+
+
+class RunHandler(JobHandler):
+    async def post(self, name: str) -> None:
+        await self._run(name)
+
+
+class ToggleHandler(BaseHandler):
+    async def post(self, name: str) -> None:
+        self.job_or_404(name)
+        result = await self.commit(
+            {"op": "toggle_job", "name": name, "at": time.time()}
+        )
+        self.send(self.render(result["job"]))
+
+
+class ExecutionsHandler(BaseHandler):
+    def get(self, name: str) -> None:
+        self.job_or_404(name)
+        limit = self.int_arg("limit", None, minimum=1)
+        output_limit = self.int_arg("output_size_limit", None)
+        rows = self.node.store.executions(name, limit)
+        self.set_header("X-Total-Count", str(len(rows)))
+        self.send([self._with_output(row, output_limit) for row in rows])
+
+    def _with_output(self, row: dict[str, Any], output_limit: int | None) -> dict:
+        if row["status"] == "running":
+            so_far = self.node.running_output(row["id"])
+            if so_far is not None:
+                row = dict(row, output=so_far)
+        return jobs.execution_json(row, output_limit)
+
+    async def delete(self, name: str) -> None:
+        self.job_or_404(name)
+        result = await self.commit({"op": "clear_executions", "name": name})
+        self.send(self.render(result["job"]))
+
+
+class ExecutionHandler(ExecutionsHandler):
+    def get(self, name: str, execution_id: str) -> None:  # type: ignore[override]
+        self.job_or_404(name)
+        row = self.node.store.get_execution(name, execution_id)
+        if row is None:
+            raise NotFound(f"execution {execution_id} of job {name} not found")
+        self.send(self._with_output(row, None))
+
+
+class NotFoundHandler(BaseHandler):
+    def prepare(self) -> None:
+        raise NotFound(f"no route {self.request.path}")
+
+
+def routes(node: NodeView) -> list[tuple[str, type, dict[str, Any]]]:
+    v1 = r"(?:/v1)?"
+    jobs_ = r"/jobs?"
+    name = r"([^/]+)"
+    table: list[tuple[str, type]] = [
+        (rf"{v1}/?", InfoHandler),
+        (rf"{v1}/health", HealthHandler),
+        (rf"{v1}/members/?", MembersHandler),
+        (rf"{v1}/leader/?", LeaderHandler),
+        (rf"{v1}{jobs_}/?", JobsHandler),
+        (rf"{v1}{jobs_}/{name}/run/?", RunHandler),
+        (rf"{v1}{jobs_}/{name}/toggle/?", ToggleHandler),
+        (rf"{v1}{jobs_}/{name}/executions/?", ExecutionsHandler),
+        (rf"{v1}{jobs_}/{name}/executions/([^/]+)/?", ExecutionHandler),
+        (rf"{v1}/executions/{name}/?", ExecutionsHandler),
+        (rf"{v1}{jobs_}/{name}/?", JobHandler),
+    ]
+    return [(pattern, handler, {"node": node}) for pattern, handler in table]
+
+
+def make_app(node: NodeView) -> tornado.web.Application:
+    return tornado.web.Application(
+        routes(node),  # type: ignore[arg-type]
+        default_handler_class=NotFoundHandler,
+        default_handler_args={"node": node},
+        log_function=_log_request,
+    )
+
+
+def _log_request(handler: tornado.web.RequestHandler) -> None:
+    status = handler.get_status()
+    level = (
+        logging.DEBUG
+        if status < 400
+        else (logging.WARNING if status < 500 else logging.ERROR)
+    )
+    logger.log(
+        level,
+        "%d %s %s %.1fms",
+        status,
+        handler.request.method,
+        handler.request.uri,
+        1000 * handler.request.request_time(),
+    )

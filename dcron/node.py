@@ -1,0 +1,377 @@
+"""One dcron node: builds the store, replication, scheduler, executor and API,
+starts them in order and stops them in reverse.
+
+The node is also where committed commands turn into side effects. The store
+tells it what each applied command did; the node then re-plans the scheduler
+(on the leader) and starts the runs assigned to it. A run's process starts only
+after its ``fire`` is committed, and never for a command seen again during a
+journal replay: the store skips those before the node hears of them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+from tornado.httpserver import HTTPServer
+from tornado.ioloop import IOLoop
+
+from dcron import __version__, jobs, schedule
+from dcron.api import make_app
+from dcron.config import Config, check_data_dir
+from dcron.errors import DcronError, Unavailable
+from dcron.executor import Executor, RunResult, RunSpec
+from dcron.replication import RaftSettings, Replica
+from dcron.scheduler import Scheduler
+from dcron.store import Store
+
+logger = logging.getLogger(__name__)
+
+FINISH_RETRY_S = 0.5
+RAFT_STATES = {0: "follower", 1: "candidate", 2: "leader"}
+
+
+class Node:
+    """A running dcron node."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.name = config.node_name
+        self.ready = False
+        self.stopping = False
+        self.started_at = time.time()
+        self._runs: set[str] = set()
+        self._stopped = asyncio.Event()
+        self.store: Store
+        self.replica: Replica
+        self.scheduler: Scheduler
+        self.executor = Executor()
+        self.http: HTTPServer | None = None
+        self.http_port = 0
+        self._loop: IOLoop
+
+    # ---- lifecycle ---------------------------------------------------------
+
+    async def start(self) -> None:
+        self._loop = IOLoop.current()
+        data_dir = check_data_dir(self.config.data_dir)
+        self.store = Store(os.path.join(data_dir, "dcron.db"))
+        self.store.on_applied = self._on_applied
+        self.scheduler = Scheduler(
+            self.store, self.submit, self.choose_node, self.config.executions_per_job
+        )
+        self.replica = Replica(
+            RaftSettings(
+                self_addr=self.config.raft_address,
+                partners=self.config.join,
+                data_dir=data_dir,
+                bind_addr=self.config.raft_address,
+            ),
+            self.store,
+            on_state_changed=self._on_leadership,
+            on_ready=self._on_ready,
+        )
+
+        host, port = self.config.http_addr
+        # Tornado refuses oversized bodies by closing the connection; the API
+        # checks the configured bound itself so the client gets a 413 body.
+        self.http = HTTPServer(
+            make_app(self), max_body_size=self.config.max_body_bytes * 4 + 65536
+        )
+        sockets = self.http_sockets(host, port)
+        self.http.add_sockets(sockets)
+        self.http_port = sockets[0].getsockname()[1]
+        logger.info(
+            "node %s serving http on %s:%d, raft on %s",
+            self.name,
+            host,
+            self.http_port,
+            self.config.raft_address,
+        )
+
+    @staticmethod
+    def http_sockets(host: str, port: int) -> list[Any]:
+        from tornado.netutil import bind_sockets
+
+        return bind_sockets(port, address=host)
+
+    async def run_until_stopped(self) -> None:
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, self.request_stop)
+        await self._stopped.wait()
+
+    def request_stop(self) -> None:
+        if not self.stopping:
+            logger.info("node %s stopping", self.name)
+            IOLoop.current().add_callback(self.stop)
+
+    async def stop(self) -> None:
+        """Stop taking work, let running jobs finish, record them, close."""
+        if self.stopping:
+            return
+        self.stopping = True
+        if self.http is not None:
+            self.http.stop()
+        self.scheduler.stop()
+        await self.executor.shutdown(self.config.shutdown_grace)
+        # Give the finish commands of the stopped runs a moment to commit.
+        deadline = time.time() + 5.0
+        while self._runs and time.time() < deadline:
+            await asyncio.sleep(0.05)
+        self.replica.destroy()
+        self.store.close()
+        logger.info("node %s stopped", self.name)
+        self._stopped.set()
+
+    # ---- replication hooks -------------------------------------------------
+
+    async def submit(self, command: dict[str, Any]) -> dict[str, Any]:
+        return await self.replica.submit(command)
+
+    def _on_leadership(self, leading: bool) -> None:
+        if leading and self.ready and not self.stopping:
+            self.scheduler.start()
+        elif not leading:
+            self.scheduler.stop()
+
+    async def _on_ready(self) -> None:
+        """Caught up with the log: announce this node and close stale runs."""
+        self.ready = True
+        member = {
+            "name": self.name,
+            "http_addr": f"{self.advertised_host()}:{self.http_port}",
+            "raft_addr": self.config.raft_address,
+            "tags": self.config.tags,
+            "server": self.config.server,
+        }
+        await self._submit_until_committed(
+            {"op": "member_up", "member": member, "at": time.time()}
+        )
+        stale = [
+            run["id"]
+            for run in self.store.open_executions(self.name)
+            if run["id"] not in self._runs
+        ]
+        if stale:
+            logger.warning(
+                "closing %d runs interrupted by a restart of %s", len(stale), self.name
+            )
+            await self._submit_until_committed(
+                {
+                    "op": "interrupt",
+                    "execution_ids": stale,
+                    "at": time.time(),
+                    "reason": f"\n[dcron: interrupted: node {self.name} restarted "
+                    "while the job was running]\n",
+                    "retry_backoff": self.config.retry_backoff,
+                }
+            )
+        if self.replica.is_leader():
+            self.scheduler.start()
+
+    def advertised_host(self) -> str:
+        host = self.config.http_addr[0]
+        if host in ("0.0.0.0", "::", ""):
+            return self.config.raft_addr[0]
+        return host
+
+    def _on_applied(self, command: dict[str, Any], result: dict[str, Any]) -> None:
+        """Called on the tick thread after each command; hands work to the loop."""
+        loop = self._loop
+        op = command.get("op")
+        if op == "batch":
+            for sub, sub_result in zip(
+                command["commands"], result.get("results", ()), strict=False
+            ):
+                self._on_applied(sub, sub_result)
+            return
+        if op in ("put_job", "toggle_job", "delete_job"):
+            name = command["job"]["name"] if op == "put_job" else command["name"]
+            loop.add_callback(self.scheduler.job_changed, name)
+        elif op == "fire":
+            execution = result.get("execution")
+            if (
+                execution is not None
+                and execution["status"] == "running"
+                and execution["node_name"] == self.name
+                and self.ready
+            ):
+                loop.add_callback(self._start_run, execution, result["job"])
+        elif op in ("finish", "interrupt"):
+            loop.add_callback(self.scheduler.reload_pending)
+            execution = result.get("execution")
+            if execution is not None:
+                loop.add_callback(self.scheduler.job_changed, execution["job_name"])
+
+    # ---- running jobs ------------------------------------------------------
+
+    def _start_run(self, execution: dict[str, Any], job: dict[str, Any]) -> None:
+        if self.stopping:
+            return
+        self._runs.add(execution["id"])
+        delay = execution["scheduled_at"] - time.time()
+        IOLoop.current().call_later(max(0.0, delay), self._run, execution, job)
+
+    async def _run(self, execution: dict[str, Any], job: dict[str, Any]) -> None:
+        try:
+            result = await self.executor.run(self._spec(execution, job))
+        except Exception as exc:
+            logger.exception(
+                "job %s execution %s could not run", job["name"], execution["id"]
+            )
+            now = datetime.now(UTC)
+            result = RunResult(
+                -1, False, f"[dcron: could not run: {exc}]", False, now, now, False
+            )
+        await self._submit_until_committed(
+            {
+                "op": "finish",
+                "execution_id": execution["id"],
+                "started_at": result.started_at.timestamp(),
+                "finished_at": result.finished_at.timestamp(),
+                "exit_code": result.exit_code,
+                "success": result.success,
+                "output": result.output,
+                "output_truncated": result.output_truncated,
+                "retry_backoff": self.config.retry_backoff,
+            }
+        )
+        self._runs.discard(execution["id"])
+
+    def _spec(self, execution: dict[str, Any], job: dict[str, Any]) -> RunSpec:
+        config = job["executor_config"]
+        scheduled = datetime.fromtimestamp(execution["scheduled_at"], UTC)
+        env = jobs.env_dict(config.get("env") or {})
+        env["DCRON_SCHEDULED_AT"] = schedule.format_time(scheduled) or ""
+        env["DCRON_ATTEMPT"] = str(execution["attempt"])
+        env["DCRON_NODE_NAME"] = self.name
+        shell = config.get("shell", True)
+        return RunSpec(
+            execution_id=execution["id"],
+            job_name=job["name"],
+            command=config["command"],
+            shell=shell if isinstance(shell, bool) else shell == "true",
+            env=env,
+            cwd=config.get("cwd") or None,
+            timeout_s=jobs.timeout_seconds(config.get("timeout")),
+            output_keep=self.config.output_keep_bytes,
+        )
+
+    async def _submit_until_committed(self, command: dict[str, Any]) -> None:
+        """Submit a command the cluster must not lose, retrying through elections."""
+        while True:
+            try:
+                await self.submit(command)
+                return
+            except Unavailable as exc:
+                if self.stopping and self.replica is None:
+                    return
+                logger.warning("retrying %s: %s", command["op"], exc)
+                await asyncio.sleep(FINISH_RETRY_S)
+            except DcronError:
+                logger.exception("command %s refused", command["op"])
+                return
+
+    # ---- placement ---------------------------------------------------------
+
+    def choose_node(self, job: dict[str, Any]) -> str | None:
+        """The node a run goes to: a member whose tags match, least busy first."""
+        wanted = {key: value.split(":")[0] for key, value in job["tags"].items()}
+        members = self.store.members() or [
+            {"name": self.name, "tags": self.config.tags}
+        ]
+        matching = [
+            m["name"]
+            for m in members
+            if all(m["tags"].get(key) == value for key, value in wanted.items())
+        ]
+        if not matching:
+            return None
+        busy: dict[str, int] = {}
+        for run in self.store.open_executions():
+            busy[run["node_name"]] = busy.get(run["node_name"], 0) + 1
+        return min(matching, key=lambda name: (busy.get(name, 0), name))
+
+    # ---- what the API shows ------------------------------------------------
+
+    def info(self) -> dict[str, Any]:
+        status = self.replica.status()
+        return {
+            "name": self.name,
+            "version": __version__,
+            "server": self.config.server,
+            "role": "server" if self.config.server else "agent",
+            "tags": self.config.tags,
+            "http_addr": f"{self.advertised_host()}:{self.http_port}",
+            "raft_addr": self.config.raft_address,
+            "leader": self.leader_name(),
+            "raft": {
+                "state": RAFT_STATES.get(status.get("state", -1), "unknown"),
+                "term": status.get("raft_term"),
+                "commit_index": status.get("commit_idx"),
+                "last_applied": status.get("last_applied"),
+                "leader_addr": self.replica.leader_addr(),
+            },
+            "ready": self.ready,
+            "job_count": self.store.job_count(),
+            "uptime_s": round(time.time() - self.started_at, 3),
+            "scheduler": {
+                "running": self.scheduler.running,
+                "fired": self.scheduler.fired,
+                "failed_submits": self.scheduler.failed_submits,
+            },
+        }
+
+    def members(self) -> list[dict[str, Any]]:
+        leader = self.replica.leader_addr()
+        status = self.replica.status()
+        out = []
+        for member in self.store.members():
+            addr = member["raft_addr"]
+            if member["name"] == self.name:
+                alive = True
+            else:
+                alive = status.get(f"partner_node_status_server_{addr}") == 2
+            role = (
+                "agent"
+                if not member["server"]
+                else ("leader" if addr == leader else "follower")
+            )
+            out.append(
+                {
+                    "name": member["name"],
+                    "http_addr": member["http_addr"],
+                    "raft_addr": addr,
+                    "tags": member["tags"],
+                    "server": member["server"],
+                    "status": "alive" if alive else "failed",
+                    "role": role,
+                }
+            )
+        return out
+
+    def leader_name(self) -> str | None:
+        leader = self.leader()
+        return None if leader is None else leader["name"]
+
+    def leader(self) -> dict[str, Any] | None:
+        addr = self.replica.leader_addr()
+        if addr is None:
+            return None
+        return next((m for m in self.members() if m["raft_addr"] == addr), None)
+
+    def running_output(self, execution_id: str) -> str | None:
+        return self.executor.output_so_far(execution_id)
+
+
+async def serve(config: Config) -> None:
+    """Run a node until SIGINT or SIGTERM."""
+    node = Node(config)
+    await node.start()
+    await node.run_until_stopped()

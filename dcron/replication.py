@@ -1,0 +1,178 @@
+"""Replication: the pysyncobj object that orders commands and applies them.
+
+Every change to dcron's state is a command, a plain JSON-serialisable dict.
+``submit`` hands it to Raft and returns a future that resolves, on the Tornado
+IOLoop, with what ``Store.apply`` returned once the command is committed and
+applied on this node. A node alone is a cluster of one and takes the same path
+(shared/DESIGN.md, invariant 1).
+
+pysyncobj runs Raft, applies entries and calls callbacks on its own tick
+thread. Nothing here blocks the IOLoop: callbacks cross over with
+``IOLoop.add_callback``.
+
+Snapshots carry the SQLite database itself: the serializer copies it with
+SQLite's backup API and stores pysyncobj's own state beside the tables, so a
+follower far behind is brought up to date by one file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import pickle
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from pysyncobj import FAIL_REASON, SyncObj, SyncObjConf, replicated
+from tornado.ioloop import IOLoop
+
+from dcron.errors import Unavailable
+from dcron.store import FatalStoreError, Store
+
+logger = logging.getLogger(__name__)
+
+COMMIT_TIMEOUT_S = 10.0
+# A deposed leader believes it leads until this many seconds pass without a
+# majority answering (shared/PYSYNCOBJ.md, trap 6); the default 30 s is far
+# too long for a scheduler.
+LEADER_FALLBACK_S = 3.0
+# Followers keep idle links open this long, so the first vote request of an
+# election is not lost to a reconnect (trap 5).
+CONNECTION_TIMEOUT_S = 30.0
+# The tick thread wakes at least this often; a submitted command wakes it at
+# once. 10 ms keeps a node's idle CPU low while a commit on a cluster of one
+# takes a few milliseconds.
+TICK_PERIOD_S = 0.01
+APPEND_ENTRIES_PERIOD_S = 0.02
+COMPACTION_MIN_ENTRIES = 20000
+COMPACTION_MIN_TIME_S = 600
+EXIT_STORE_FAILED = 70
+
+FAILURES = {
+    FAIL_REASON.QUEUE_FULL: "too many pending commands",
+    FAIL_REASON.MISSING_LEADER: "no leader",
+    FAIL_REASON.DISCARDED: "command discarded by a leader change",
+    FAIL_REASON.NOT_LEADER: "no leader",
+    FAIL_REASON.LEADER_CHANGED: "leader changed",
+    FAIL_REASON.REQUEST_DENIED: "request denied",
+}
+
+
+@dataclass(frozen=True)
+class RaftSettings:
+    self_addr: str
+    partners: tuple[str, ...]
+    data_dir: str
+    bind_addr: str
+
+
+class Replica(SyncObj):  # type: ignore[misc]
+    """This node's member of the Raft group, applying commands to the store."""
+
+    def __init__(
+        self,
+        settings: RaftSettings,
+        store: Store,
+        on_state_changed: Callable[[bool], None] | None = None,
+        on_ready: Callable[[], None] | None = None,
+    ) -> None:
+        self.store = store
+        self._loop = IOLoop.current()
+        self._on_state_changed = on_state_changed
+        self._on_ready = on_ready
+        conf = SyncObjConf(
+            bindAddress=settings.bind_addr,
+            journalFile=os.path.join(settings.data_dir, "raft.journal"),
+            # Without a dump file a node restarted after compaction never
+            # applies again (trap 1).
+            fullDumpFile=os.path.join(settings.data_dir, "raft.snapshot"),
+            serializer=self._write_snapshot,
+            deserializer=self._read_snapshot,
+            dynamicMembershipChange=True,
+            leaderFallbackTimeout=LEADER_FALLBACK_S,
+            connectionTimeout=CONNECTION_TIMEOUT_S,
+            autoTickPeriod=TICK_PERIOD_S,
+            appendEntriesPeriod=APPEND_ENTRIES_PERIOD_S,
+            logCompactionMinEntries=COMPACTION_MIN_ENTRIES,
+            logCompactionMinTime=COMPACTION_MIN_TIME_S,
+            onStateChanged=self._state_changed,
+            onReady=self._ready,
+        )
+        super().__init__(settings.self_addr, list(settings.partners), conf=conf)
+
+    # ---- applying ----------------------------------------------------------
+
+    @replicated
+    def apply_command(self, command: dict[str, Any]) -> dict[str, Any]:
+        # pysyncobj advances raftLastApplied after this returns, so the entry
+        # being applied is the next index (trap 3).
+        index = self.raftLastApplied + 1
+        try:
+            return self.store.apply(index, command)
+        except FatalStoreError:
+            # A replica that cannot write must not go on applying: the others
+            # would move ahead of a store that silently lost a command. Exit
+            # so a supervisor restarts the node, which replays from the log.
+            logger.critical("store write failed; stopping the node", exc_info=True)
+            os._exit(EXIT_STORE_FAILED)
+
+    async def submit(
+        self, command: dict[str, Any], timeout: float = COMMIT_TIMEOUT_S
+    ) -> dict[str, Any]:
+        """Commit ``command`` through Raft and return what applying it returned.
+
+        Raises Unavailable when there is no leader or the commit takes longer
+        than ``timeout`` seconds.
+        """
+        loop = self._loop
+        future: asyncio.Future[dict[str, Any]] = (
+            asyncio.get_running_loop().create_future()
+        )
+
+        def resolve(result: Any, error: int) -> None:
+            if future.done():
+                return
+            if error == FAIL_REASON.SUCCESS:
+                future.set_result(result)
+            else:
+                reason = FAILURES.get(error, f"replication error {error}")
+                future.set_exception(Unavailable(reason))
+
+        def on_commit(result: Any, error: int) -> None:
+            loop.add_callback(resolve, result, error)
+
+        self.apply_command(command, callback=on_commit)
+        try:
+            return await asyncio.wait_for(asyncio.shield(future), timeout)
+        except TimeoutError:
+            raise Unavailable("no leader: the commit timed out") from None
+
+    # ---- leadership --------------------------------------------------------
+
+    def _state_changed(self, old: int, new: int) -> None:
+        if self._on_state_changed is not None:
+            self._loop.add_callback(self._on_state_changed, self._isLeader())
+
+    def _ready(self) -> None:
+        if self._on_ready is not None:
+            self._loop.add_callback(self._on_ready)
+
+    def is_leader(self) -> bool:
+        return bool(self._isLeader())
+
+    def leader_addr(self) -> str | None:
+        leader = self._getLeader()
+        return None if leader is None else str(leader.id)
+
+    def status(self) -> dict[str, Any]:
+        return dict(self.getStatus())
+
+    # ---- snapshots ---------------------------------------------------------
+
+    def _write_snapshot(self, path: str, raft_data: Any) -> None:
+        self.store.snapshot_to(path, pickle.dumps(raft_data))
+
+    def _read_snapshot(self, path: str) -> Any:
+        return pickle.loads(self.store.restore_from(path))

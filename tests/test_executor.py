@@ -1,0 +1,440 @@
+"""Tests of dcron.executor with real processes."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import os
+import signal
+import time
+from collections.abc import Awaitable, Callable
+from datetime import UTC
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+
+from dcron import executor
+from dcron.executor import Executor, RunResult, RunSpec
+
+T = TypeVar("T")
+
+_ids = itertools.count(1)
+
+
+def spec(command: str, **overrides: Any) -> RunSpec:
+    fields: dict[str, Any] = {
+        "execution_id": f"exec-{next(_ids)}",
+        "job_name": "backup",
+        "command": command,
+    }
+    fields.update(overrides)
+    return RunSpec(**fields)
+
+
+def run(command: str, **overrides: Any) -> RunResult:
+    return asyncio.run(Executor().run(spec(command, **overrides)))
+
+
+async def eventually(
+    check: Callable[[], T], timeout_s: float = 5.0, what: str = "condition"
+) -> T:
+    """Poll ``check`` until it returns something truthy or the deadline passes."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} not met within {timeout_s}s")
+        await asyncio.sleep(0.02)
+
+
+def is_alive(pid: int) -> bool:
+    # A zombie counts as gone: the container's init may never reap it.
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def wait_until_gone(pid: int) -> None:
+    asyncio.run(eventually(lambda: not is_alive(pid), what=f"pid {pid} gone"))
+
+
+async def started(ex: Executor, job: RunSpec) -> asyncio.Task[RunResult]:
+    """Start ``job`` in the background and return once it is running."""
+    task = asyncio.ensure_future(ex.run(job))
+    await eventually(lambda: job.execution_id in ex.running(), what="run started")
+    return task
+
+
+async def printed(ex: Executor, job: RunSpec, text: str) -> None:
+    await eventually(
+        lambda: text in (ex.output_so_far(job.execution_id) or ""),
+        what=f"output {text!r}",
+    )
+
+
+def within(seconds: float, coro: Awaitable[T]) -> T:
+    async def bounded() -> T:
+        return await asyncio.wait_for(coro, seconds)
+
+    return asyncio.run(bounded())
+
+
+class TestExitCodes:
+    def test_a_command_that_exits_zero_succeeds(self) -> None:
+        result = run("true")
+
+        assert result.exit_code == 0
+        assert result.success
+        assert not result.timed_out
+        assert result.output == ""
+
+    def test_a_nonzero_exit_code_is_a_failure(self) -> None:
+        result = run("exit 3")
+
+        assert result.exit_code == 3
+        assert not result.success
+
+    def test_death_by_signal_gives_128_plus_the_signal(self) -> None:
+        result = run("kill -USR1 $$")
+
+        assert result.exit_code == 128 + signal.SIGUSR1
+        assert not result.success
+
+    def test_start_and_finish_times_are_aware_utc_and_ordered(self) -> None:
+        result = run("true")
+
+        assert result.started_at.tzinfo is UTC
+        assert result.finished_at.tzinfo is UTC
+        assert result.started_at <= result.finished_at
+
+
+class TestEnvironment:
+    def test_stdout_and_stderr_are_captured_together_in_order(self) -> None:
+        result = run("echo one; echo two >&2; echo three; echo four >&2")
+
+        assert result.output == "one\ntwo\nthree\nfour\n"
+
+    def test_the_job_sees_dcron_variables_and_its_own_env(self) -> None:
+        job = spec(
+            'echo "$DCRON_JOB_NAME $DCRON_EXECUTION_ID $DCRON_SCHEDULED_AT $COLOR"',
+            env={"DCRON_SCHEDULED_AT": "2030-01-01T00:00:00Z", "COLOR": "blue"},
+        )
+
+        result = asyncio.run(Executor().run(job))
+
+        expected = f"backup {job.execution_id} 2030-01-01T00:00:00Z blue\n"
+        assert result.output == expected
+
+    def test_the_job_inherits_the_node_environment(self) -> None:
+        result = run('echo "$PATH"')
+
+        assert result.output == os.environ["PATH"] + "\n"
+
+    def test_stdin_is_empty(self) -> None:
+        result = run("wc -c")
+
+        assert result.output.strip() == "0"
+
+    def test_the_command_runs_in_the_given_cwd(self, tmp_path: Path) -> None:
+        result = run("pwd", cwd=str(tmp_path))
+
+        assert result.output == f"{tmp_path}\n"
+
+    def test_without_a_shell_the_command_is_split_and_execd_directly(self) -> None:
+        result = run("printf '%s|' 'two words' $HOME", shell=False)
+
+        assert result.output == "two words|$HOME|"
+
+    def test_the_job_runs_in_its_own_session(self) -> None:
+        result = run("ps -o sid= -p $$; echo $$")
+
+        session, pid = result.output.split()
+        assert session == pid
+
+
+class TestOutputBound:
+    def test_small_output_is_kept_untouched(self) -> None:
+        result = run("printf 'h\\303\\251llo\\nworld'")
+
+        assert result.output == "héllo\nworld"
+        assert not result.output_truncated
+
+    def test_output_exactly_twice_the_bound_is_not_truncated(self) -> None:
+        result = run("head -c 2000 /dev/zero | tr '\\0' 'a'", output_keep=1000)
+
+        assert result.output == "a" * 2000
+        assert not result.output_truncated
+
+    def test_fifty_megabytes_keep_exactly_head_marker_and_tail(self) -> None:
+        result = run("head -c 50000000 /dev/zero | tr '\\0' 'a'")
+
+        keep = executor.OUTPUT_KEEP_BYTES
+        marker = f"\n[dcron: {50_000_000 - 2 * keep} bytes of output dropped]\n"
+        assert result.output == "a" * keep + marker + "a" * keep
+        assert result.output_truncated
+        assert result.success
+
+    def test_the_head_and_tail_are_the_first_and_last_bytes(self) -> None:
+        result = run(
+            "echo FIRST; head -c 1000000 /dev/zero | tr '\\0' 'x'; echo; echo LAST",
+            output_keep=10,
+        )
+
+        dropped = 6 + 1_000_000 + 1 + 5 - 20
+        assert result.output == (
+            f"FIRST\nxxxx\n[dcron: {dropped} bytes of output dropped]\nxxxx\nLAST\n"
+        )
+
+    def test_a_cut_never_leaves_half_a_utf8_character(self) -> None:
+        # Head: nine a's and half an é; tail: half an é, four é's and an x.
+        result = run(
+            "printf aaaaaaaaa; for i in $(seq 100); do printf '\\303\\251'; done;"
+            " printf x",
+            output_keep=10,
+        )
+
+        assert result.output == (
+            "aaaaaaaaa\n[dcron: 192 bytes of output dropped]\néééé" + "x"
+        )
+        assert "\ufffd" not in result.output
+
+
+class TestTimeout:
+    def test_a_timeout_kills_the_whole_process_group(self, tmp_path: Path) -> None:
+        pid_file = tmp_path / "grandchild.pid"
+        result = run(
+            f"sleep 100 & echo $! > {pid_file}; echo waiting; sleep 100; wait",
+            timeout_s=0.5,
+        )
+
+        assert result.timed_out
+        assert not result.success
+        assert result.exit_code == 128 + signal.SIGTERM
+        assert result.output == (
+            "waiting\n[dcron: timed out after 0.5s; sent SIGTERM]\n"
+        )
+        wait_until_gone(int(pid_file.read_text()))
+
+    def test_a_command_ignoring_sigterm_is_killed_after_the_grace(self) -> None:
+        started = time.monotonic()
+
+        result = run("trap '' TERM; sleep 60", timeout_s=0.3, term_grace_s=0.5)
+
+        assert time.monotonic() - started < 5
+        assert result.timed_out
+        assert result.exit_code == 128 + signal.SIGKILL
+        assert result.output == (
+            "[dcron: timed out after 0.3s; sent SIGTERM]\n"
+            "[dcron: still running 0.5s after SIGTERM; sent SIGKILL]\n"
+        )
+
+    def test_a_timeout_of_zero_means_no_timeout(self) -> None:
+        result = run("sleep 0.2; echo done", timeout_s=0)
+
+        assert result.success
+        assert result.output == "done\n"
+
+    def test_a_detached_grandchild_holding_the_pipe_does_not_hang_the_run(
+        self, tmp_path: Path
+    ) -> None:
+        pid_file = tmp_path / "detached.pid"
+        try:
+            result = within(
+                5, Executor().run(spec(f"setsid sleep 30 & echo $! > {pid_file}"))
+            )
+        finally:
+            os.kill(int(pid_file.read_text()), signal.SIGKILL)
+
+        assert result.exit_code == 0
+        assert "a process that left its group still holds it" in result.output
+
+
+class TestCannotStart:
+    def test_a_missing_cwd_cannot_start(self) -> None:
+        result = run("true", cwd="/nope")
+
+        assert result.exit_code == -1
+        assert not result.success
+        assert result.output == (
+            "[dcron: could not start: [Errno 2] No such file or directory: '/nope']\n"
+        )
+
+    def test_a_missing_program_without_a_shell_cannot_start(self) -> None:
+        result = run("no-such-program --now", shell=False)
+
+        assert result.exit_code == -1
+        assert "could not start: [Errno 2] No such file or directory" in result.output
+
+    def test_a_file_that_is_not_executable_cannot_start(self, tmp_path: Path) -> None:
+        script = tmp_path / "script.sh"
+        script.write_text("#!/bin/sh\necho hi\n")
+        script.chmod(0o644)
+
+        result = run(str(script), shell=False)
+
+        assert result.exit_code == -1
+        assert "could not start: [Errno 13] Permission denied" in result.output
+
+    def test_unbalanced_quotes_without_a_shell_cannot_start(self) -> None:
+        result = run("echo 'oops", shell=False)
+
+        assert result.exit_code == -1
+        assert result.output == "[dcron: could not start: No closing quotation]\n"
+
+    def test_with_a_shell_a_missing_program_is_exit_127(self) -> None:
+        result = run("no-such-program")
+
+        assert result.exit_code == 127
+        assert "no-such-program" in result.output
+
+    def test_an_execution_id_already_running_cannot_start_twice(self) -> None:
+        async def scenario() -> RunResult:
+            ex = Executor()
+            job = spec("sleep 30")
+            first = await started(ex, job)
+            second = await ex.run(job)
+            await ex.terminate(job.execution_id, "test over")
+            await first
+            return second
+
+        result = asyncio.run(scenario())
+
+        assert result.exit_code == -1
+        assert "already running" in result.output
+
+
+class TestRunningExecutions:
+    def test_running_lists_executions_in_progress(self) -> None:
+        async def scenario() -> tuple[list[str], list[str]]:
+            ex = Executor()
+            job = spec("echo ready; sleep 30")
+            task = await started(ex, job)
+            during = ex.running()
+            await ex.terminate(job.execution_id, "test over")
+            await task
+            return during, ex.running()
+
+        during, after = asyncio.run(scenario())
+
+        assert len(during) == 1
+        assert after == []
+
+    def test_output_so_far_shows_what_a_running_execution_printed(self) -> None:
+        async def scenario() -> tuple[str | None, str | None]:
+            ex = Executor()
+            job = spec("echo halfway; sleep 30")
+            task = await started(ex, job)
+            await printed(ex, job, "halfway")
+            so_far = ex.output_so_far(job.execution_id)
+            await ex.terminate(job.execution_id, "test over")
+            await task
+            return so_far, ex.output_so_far(job.execution_id)
+
+        so_far, after = asyncio.run(scenario())
+
+        assert so_far == "halfway\n"
+        assert after is None
+
+    def test_output_so_far_of_an_unknown_execution_is_none(self) -> None:
+        assert Executor().output_so_far("nope") is None
+
+    def test_terminate_stops_the_run_and_notes_the_reason(self) -> None:
+        async def scenario() -> tuple[bool, RunResult]:
+            ex = Executor()
+            job = spec("echo working; sleep 30")
+            task = await started(ex, job)
+            await printed(ex, job, "working")
+            stopped = await ex.terminate(job.execution_id, "cancelled by alice")
+            return stopped, await task
+
+        stopped, result = within(5, scenario())
+
+        assert stopped
+        assert not result.success
+        assert not result.timed_out
+        assert result.exit_code == 128 + signal.SIGTERM
+        assert result.output == (
+            "working\n[dcron: terminated: cancelled by alice; sent SIGTERM]\n"
+        )
+
+    def test_a_terminated_run_is_a_failure_even_if_it_exits_zero(self) -> None:
+        async def scenario() -> RunResult:
+            ex = Executor()
+            job = spec("trap 'exit 0' TERM; echo ready; sleep 30 & wait")
+            task = await started(ex, job)
+            await printed(ex, job, "ready")
+            await ex.terminate(job.execution_id, "cancelled by alice")
+            return await task
+
+        result = within(5, scenario())
+
+        assert result.exit_code == 0
+        assert not result.success
+
+    def test_terminate_of_an_unknown_execution_returns_false(self) -> None:
+        assert not asyncio.run(Executor().terminate("nope", "why not"))
+
+
+class TestShutdown:
+    def test_shutdown_stops_every_run_and_their_results_say_so(self) -> None:
+        async def scenario() -> list[RunResult]:
+            ex = Executor()
+            polite = spec("echo polite; sleep 30")
+            stubborn = spec("trap '' TERM; echo stubborn; sleep 30")
+            tasks = [await started(ex, polite), await started(ex, stubborn)]
+            await printed(ex, polite, "polite")
+            await printed(ex, stubborn, "stubborn")
+            await ex.shutdown(grace_s=0.3)
+            assert all(task.done() for task in tasks)
+            assert ex.running() == []
+            return [task.result() for task in tasks]
+
+        polite, stubborn = within(5, scenario())
+
+        note = "[dcron: stopped because the node shut down; sent SIGTERM]\n"
+        assert polite.output == "polite\n" + note
+        assert polite.exit_code == 128 + signal.SIGTERM
+        assert stubborn.output == (
+            "stubborn\n"
+            + note
+            + "[dcron: still running 0.3s after SIGTERM; sent SIGKILL]\n"
+        )
+        assert stubborn.exit_code == 128 + signal.SIGKILL
+        assert not polite.success and not stubborn.success
+
+    def test_after_shutdown_nothing_starts(self) -> None:
+        async def scenario() -> RunResult:
+            ex = Executor()
+            await ex.shutdown(grace_s=1)
+            return await ex.run(spec("true"))
+
+        result = asyncio.run(scenario())
+
+        assert result.exit_code == -1
+        assert "shutting down" in result.output
+
+
+class TestLogging:
+    def test_start_and_finish_are_logged_naming_the_ids(
+        self, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        caplog.set_level(logging.INFO, logger="dcron.executor")
+        job = spec("exit 2")
+
+        asyncio.run(Executor().run(job))
+
+        lines = [(r.levelno, r.getMessage()) for r in caplog.records]
+        assert lines[0][0] == logging.INFO
+        assert lines[0][1].startswith(
+            f"job backup execution {job.execution_id} started"
+        )
+        assert lines[-1][0] == logging.WARNING
+        assert lines[-1][1].startswith(
+            f"job backup execution {job.execution_id} exited 2 in "
+        )
