@@ -48,10 +48,10 @@ USER_FIELDS: dict[str, Any] = {
 
 
 def check_name(name: Any, field: str = "name") -> str:
+    if name is None or name == "":
+        raise InvalidInput(field, "required")
     if not isinstance(name, str):
         raise InvalidInput(field, "must be a string")
-    if not name:
-        raise InvalidInput(field, "required")
     if not NAME_RE.match(name):
         raise InvalidInput(field, "use at most 128 letters, digits, '-' or '_'")
     return name
