@@ -116,20 +116,30 @@ class NodeProcess:
 
     def args(self) -> list[str]:
         return [
-            sys.executable, str(ROOT / "dcron.py"), "agent", "--server",
-            "--node-name", self.name,
-            "--data-dir", str(self.data_dir),
-            "--http-addr", f"127.0.0.1:{self.http_port}",
-            "--raft-addr", f"127.0.0.1:{self.raft_port}",
+            sys.executable,
+            str(ROOT / "dcron.py"),
+            "agent",
+            "--server",
+            "--node-name",
+            self.name,
+            "--data-dir",
+            str(self.data_dir),
+            "--http-addr",
+            f"127.0.0.1:{self.http_port}",
+            "--raft-addr",
+            f"127.0.0.1:{self.raft_port}",
             *self.extra,
-        ]  # fmt: skip
+        ]
 
     def start(self, wait: bool = True) -> NodeProcess:
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
-            self.args(), stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
+            self.args(),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=ROOT,
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        )  # fmt: skip
+        )
         log.close()
         if wait:
             self.wait_ready()
@@ -186,8 +196,16 @@ def make_node(tmp_path: Path) -> Iterator[Callable[..., NodeProcess]]:
 def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeProcess]:
     """One node shared by a module's tests; each test uses its own job names."""
     base = tmp_path_factory.mktemp("node")
-    node = NodeProcess(base / "n1.data", "n1", "--executions-per-job", "5",
-                       "--output-keep-bytes", "2048", "--retry-backoff", "0.2")  # fmt: skip
+    node = NodeProcess(
+        base / "n1.data",
+        "n1",
+        "--executions-per-job",
+        "5",
+        "--output-keep-bytes",
+        "2048",
+        "--retry-backoff",
+        "0.2",
+    )
     node.start()
     yield node
     if node.running():

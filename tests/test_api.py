@@ -138,10 +138,19 @@ class TestJobRoutes:
         client.post(f"{prefix}/jobs/{name}/run")
         (run,) = wait_until(lambda: client.finished(name))
         assert set(run) >= {
-            "id", "job_name", "scheduled_at", "started_at", "finished_at", "success",
-            "exit_code", "output", "output_truncated", "node_name", "attempt",
+            "id",
+            "job_name",
+            "scheduled_at",
+            "started_at",
+            "finished_at",
+            "success",
+            "exit_code",
+            "output",
+            "output_truncated",
+            "node_name",
+            "attempt",
             "trigger",
-        }  # fmt: skip
+        }
         assert run["exit_code"] == 3
         assert run["success"] is False
         assert run["node_name"] == "n1"
@@ -173,8 +182,9 @@ def listed_jobs(node):
     for i, (team, owner) in enumerate(
         [("red", "zed"), ("red", "amy"), ("blue", "bob"), ("blue", "cat")]
     ):
-        body = job(f"list-{team}-{i}", owner=owner,
-                   metadata={"team": team, "tier": str(i % 2)})  # fmt: skip
+        body = job(
+            f"list-{team}-{i}", owner=owner, metadata={"team": team, "tier": str(i % 2)}
+        )
         assert client.post("/jobs", body).status == 201
     client.post("/jobs/list-blue-3/toggle")
 
@@ -218,10 +228,19 @@ class TestJobFields:
         seed = client.post("/jobs", job("seedform", command="echo a")).json
         assert seed["command"] == "echo a"
         assert seed["executor_config"]["command"] == "echo a"
-        dkron = client.post("/jobs", {
-            "name": "dkronform", "schedule": "@manually", "executor": "shell",
-            "executor_config": {"command": "echo b", "shell": "true", "timeout": "5s"},
-        }).json  # fmt: skip
+        dkron = client.post(
+            "/jobs",
+            {
+                "name": "dkronform",
+                "schedule": "@manually",
+                "executor": "shell",
+                "executor_config": {
+                    "command": "echo b",
+                    "shell": "true",
+                    "timeout": "5s",
+                },
+            },
+        ).json
         assert dkron["command"] == "echo b"
         assert dkron["executor_config"] == {
             "command": "echo b",
@@ -231,9 +250,15 @@ class TestJobFields:
         assert client.put("/jobs", dkron).json["command"] == "echo b"
 
     def test_server_fields_cannot_be_set_by_a_client(self, client):
-        body = job("servfields", success_count=99, error_count=7, status="success",
-                   next="2030-01-01T00:00:00Z", dependent_jobs=["x"],
-                   last_success="2020-01-01T00:00:00Z")  # fmt: skip
+        body = job(
+            "servfields",
+            success_count=99,
+            error_count=7,
+            status="success",
+            next="2030-01-01T00:00:00Z",
+            dependent_jobs=["x"],
+            last_success="2020-01-01T00:00:00Z",
+        )
         stored = client.post("/jobs", body).json
         assert stored["success_count"] == 0
         assert stored["error_count"] == 0

@@ -157,9 +157,10 @@ def count(client) -> int:
 
 
 @pytest.mark.parametrize(
-    "body,status,prefix", [case[1:] for case in BAD_BODIES],
+    "body,status,prefix",
+    [case[1:] for case in BAD_BODIES],
     ids=[case[0] for case in BAD_BODIES],
-)  # fmt: skip
+)
 def test_bad_job_is_refused_and_nothing_written(client, body, status, prefix):
     before = count(client)
     response = client.post("/jobs", body)
