@@ -155,14 +155,14 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "http-addr",
         "address the HTTP API listens on",
-        "0.0.0.0:8080",
+        ("0.0.0.0", 8080),
         parse_address,
         "HOST:PORT",
     ),
     Setting(
         "raft-addr",
         "address for raft traffic between servers",
-        "127.0.0.1:6868",
+        ("127.0.0.1", 6868),
         parse_address,
         "HOST:PORT",
     ),
@@ -329,7 +329,10 @@ def resolve(
     if not values["node_name"]:
         values["node_name"] = _default_node_name()
 
-    unknown = set(file_values) - {s.attr for s in SETTINGS}
+    known = {s.attr for s in SETTINGS} | {
+        s.attr + "s" for s in SETTINGS if s.repeatable
+    }
+    unknown = set(file_values) - known
     if unknown:
         raise ConfigError(f"--config: unknown setting {sorted(unknown)[0]!r}")
     return Config(**values)

@@ -33,6 +33,7 @@ from dcron.store import Store
 logger = logging.getLogger(__name__)
 
 FINISH_RETRY_S = 0.5
+TERM_GRACE_S = 5.0
 RAFT_STATES = {0: "follower", 1: "candidate", 2: "leader"}
 
 
@@ -119,7 +120,12 @@ class Node:
         if self.http is not None:
             self.http.stop()
         self.scheduler.stop()
-        await self.executor.shutdown(self.config.shutdown_grace)
+        # Running jobs get the grace period to finish on their own; what is
+        # still running then is terminated (SIGTERM, then SIGKILL).
+        deadline = time.time() + self.config.shutdown_grace
+        while self.executor.running() and time.time() < deadline:
+            await asyncio.sleep(0.05)
+        await self.executor.shutdown(TERM_GRACE_S)
         # Give the finish commands of the stopped runs a moment to commit.
         deadline = time.time() + 5.0
         while self._runs and time.time() < deadline:
@@ -219,20 +225,20 @@ class Node:
         IOLoop.current().call_later(max(0.0, delay), self._run, execution, job)
 
     async def _run(self, execution: dict[str, Any], job: dict[str, Any]) -> None:
-        try:
-            result = await self.executor.run(self._spec(execution, job))
-        except Exception as exc:
-            logger.exception(
-                "job %s execution %s could not run", job["name"], execution["id"]
-            )
+        status = None
+        if self.stopping:
+            # Fired ahead of its slot, but the node began stopping first.
             now = datetime.now(UTC)
-            result = RunResult(
-                -1, False, f"[dcron: could not run: {exc}]", False, now, now, False
-            )
+            note = f"[dcron: interrupted: node {self.name} shut down before the run"
+            result = RunResult(-1, False, note + " started]\n", False, now, now, False)
+            status = "interrupted"
+        else:
+            result = await self._execute(execution, job)
         await self._submit_until_committed(
             {
                 "op": "finish",
                 "execution_id": execution["id"],
+                "status": status,
                 "started_at": result.started_at.timestamp(),
                 "finished_at": result.finished_at.timestamp(),
                 "exit_code": result.exit_code,
@@ -243,6 +249,19 @@ class Node:
             }
         )
         self._runs.discard(execution["id"])
+
+    async def _execute(
+        self, execution: dict[str, Any], job: dict[str, Any]
+    ) -> RunResult:
+        try:
+            return await self.executor.run(self._spec(execution, job))
+        except Exception as exc:
+            logger.exception(
+                "job %s execution %s could not run", job["name"], execution["id"]
+            )
+            now = datetime.now(UTC)
+            output = f"[dcron: could not run: {exc}]\n"
+            return RunResult(-1, False, output, False, now, now, False)
 
     def _spec(self, execution: dict[str, Any], job: dict[str, Any]) -> RunSpec:
         config = job["executor_config"]

@@ -30,7 +30,7 @@ from typing import Any
 
 from tornado.ioloop import IOLoop
 
-from dcron import jobs, schedule
+from dcron import schedule
 from dcron.errors import DcronError, InvalidInput
 from dcron.store import Store
 
@@ -207,8 +207,13 @@ class Scheduler:
         if job.get("last_scheduled_at") is not None:
             after = max(after, job["last_scheduled_at"])
         slot = parsed.next_after(datetime.fromtimestamp(after, UTC))
-        if slot is not None and self._allowed(job, slot.timestamp()):
-            self._push(slot.timestamp(), "job", job["name"])
+        if slot is None or not self._allowed(job, slot.timestamp()):
+            return
+        if slot.timestamp() <= after:
+            # Planning the same slot again would spin the IOLoop for ever.
+            logger.error("job %s schedule did not advance past %s", job["name"], slot)
+            return
+        self._push(slot.timestamp(), "job", job["name"])
 
     def _allowed(self, job: dict[str, Any], slot: float) -> bool:
         expires = job.get("expires_at")
@@ -301,7 +306,3 @@ class Scheduler:
             logger.warning("could not commit %d runs: %s", len(commands), exc)
             return
         self.fired += len(commands)
-
-
-def job_next(job: dict[str, Any]) -> datetime | None:
-    return jobs.next_run(job, datetime.now(UTC))
