@@ -475,6 +475,8 @@ class Store:
             last_success=row.last_success,
             last_error=row.last_error,
             last_scheduled_at=row.last_scheduled_at,
+            created_at=row.created_at,
+            updated_at=row.updated_at,
         )
         return job
 

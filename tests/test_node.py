@@ -106,6 +106,10 @@ class TestSettings:
         with pytest.raises(ConfigError, match="--config: unknown setting 'colour'"):
             config.resolve({"config": str(path)}, {})
 
+    def test_the_settings_page_matches_the_table(self):
+        page = (ROOT / "docs" / "settings.md").read_text()
+        assert config.reference_markdown() in page
+
     def test_durations_are_read_as_seconds(self):
         assert config.resolve({"shutdown_grace": "1m30s"}, {}).shutdown_grace == 90
         assert config.resolve({"retry_backoff": "0.5"}, {}).retry_backoff == 0.5
