@@ -18,6 +18,7 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 
 import tornado.web
+from tornado.ioloop import IOLoop
 
 from dcron import jobs, scheduler
 from dcron.errors import DcronError, InvalidInput, NotFound, TooLarge, Unavailable
@@ -48,7 +49,10 @@ class NodeView(Protocol):
 
     async def submit(self, command: dict[str, Any]) -> dict[str, Any]: ...
     def info(self) -> dict[str, Any]: ...
-    def members(self) -> list[dict[str, Any]]: ...
+    def health(self) -> dict[str, Any]: ...
+    async def members(self) -> list[dict[str, Any]]: ...
+    async def remove_member(self, name: str) -> dict[str, Any]: ...
+    async def leave(self) -> None: ...
     def leader(self) -> dict[str, Any] | None: ...
     def choose_node(self, job: dict[str, Any]) -> str | None: ...
     def running_output(self, execution_id: str) -> str | None: ...
@@ -170,12 +174,24 @@ class InfoHandler(BaseHandler):
 
 class HealthHandler(BaseHandler):
     def get(self) -> None:
-        self.send({"status": "ok", "name": self.node.name})
+        self.send(self.node.health())
 
 
 class MembersHandler(BaseHandler):
-    def get(self) -> None:
-        self.send(self.node.members())
+    async def get(self) -> None:
+        self.send(await self.node.members())
+
+
+class MemberHandler(BaseHandler):
+    async def delete(self, name: str) -> None:
+        self.send(await self.node.remove_member(name))
+
+
+class LeaveHandler(BaseHandler):
+    async def post(self) -> None:
+        # Answer first: leaving ends with this node stopping.
+        self.send({"leaving": self.node.name})
+        IOLoop.current().add_callback(self.node.leave)
 
 
 class LeaderHandler(BaseHandler):
@@ -325,6 +341,8 @@ def routes(node: NodeView) -> list[tuple[str, type, dict[str, Any]]]:
         (rf"{v1}/?", InfoHandler),
         (rf"{v1}/health", HealthHandler),
         (rf"{v1}/members/?", MembersHandler),
+        (rf"{v1}/members/{name}/?", MemberHandler),
+        (rf"{v1}/leave/?", LeaveHandler),
         (rf"{v1}/leader/?", LeaderHandler),
         (rf"{v1}{jobs_}/?", JobsHandler),
         (rf"{v1}{jobs_}/{name}/run/?", RunHandler),

@@ -102,6 +102,13 @@ def parse_seconds(text: str) -> float:
     return seconds
 
 
+def parse_key(text: str) -> str:
+    key = text.strip()
+    if key and len(key) < 16:
+        raise ValueError("use at least 16 characters (dcron keygen prints one)")
+    return key
+
+
 def parse_log_level(text: str) -> str:
     level = text.strip().lower()
     if level not in LOG_LEVELS:
@@ -231,6 +238,27 @@ SETTINGS: tuple[Setting, ...] = (
         parse_positive_int,
         "BYTES",
     ),
+    Setting(
+        "encrypt",
+        "key that encrypts and authenticates raft traffic (see dcron keygen)",
+        "",
+        parse_key,
+        "KEY",
+    ),
+    Setting(
+        "raft-compaction-entries",
+        "raft log entries kept before a snapshot replaces them",
+        20000,
+        parse_positive_int,
+        "N",
+    ),
+    Setting(
+        "store-max-bytes",
+        "largest size of the SQLite store; a node that hits it stops (0: no cap)",
+        0,
+        parse_count,
+        "BYTES",
+    ),
 )
 
 BY_NAME = {setting.name: setting for setting in SETTINGS}
@@ -254,6 +282,9 @@ class Config:
     shutdown_grace: float
     retry_backoff: float
     max_body_bytes: int
+    encrypt: str
+    raft_compaction_entries: int
+    store_max_bytes: int
 
     @property
     def tags(self) -> dict[str, str]:
@@ -304,10 +335,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _show(setting: Setting) -> str:
-    if setting.repeatable:
-        return "none"
     if setting.name == "node-name":
         return "host name"
+    if setting.repeatable or setting.default == "":
+        return "none"
     if isinstance(setting.default, tuple):
         return "{}:{}".format(*setting.default)
     return str(setting.default).lower() if setting.is_flag else str(setting.default)
@@ -407,6 +438,26 @@ def check_data_dir(path: str) -> str:
     return os.path.abspath(path)
 
 
+SETTINGS_PAGE_INTRO = """# Settings
+
+Every setting of a node, generated from the table in `dcron/config.py`; a test
+fails when this page and the table disagree. Regenerate it with
+`python -m dcron.config > docs/settings.md`.
+
+A flag beats the environment, which beats the TOML file given by `--config`,
+which beats the default. Repeatable settings take a comma-separated list in the
+environment and a TOML array in the file; `tag` also takes a TOML table
+(`tags = { role = "web" }`). Durations take seconds (`2.5`) or Go durations
+(`1m30s`).
+
+"""
+
+
+def settings_page() -> str:
+    """docs/settings.md, generated from SETTINGS."""
+    return SETTINGS_PAGE_INTRO + reference_markdown()
+
+
 def reference_markdown() -> str:
     """The settings reference for docs/settings.md, generated from SETTINGS."""
     lines = [
@@ -419,3 +470,9 @@ def reference_markdown() -> str:
             f"| {_show(setting)} | {setting.help} |"
         )
     return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.stdout.write(settings_page())

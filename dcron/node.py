@@ -11,6 +11,8 @@ journal replay: the store skips those before the node hears of them.
 from __future__ import annotations
 
 import asyncio
+import itertools
+import json
 import logging
 import os
 import signal
@@ -18,23 +20,39 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
+from tornado.httpclient import AsyncHTTPClient
 from tornado.httpserver import HTTPServer
 from tornado.ioloop import IOLoop
 
 from dcron import __version__, jobs, schedule
 from dcron.api import make_app
 from dcron.config import Config, check_data_dir
-from dcron.errors import DcronError, Unavailable
+from dcron.errors import Conflict, DcronError, NotFound, Unavailable
 from dcron.executor import Executor, RunResult, RunSpec
-from dcron.replication import RaftSettings, Replica
+from dcron.replication import (
+    KeyRefused,
+    RaftSettings,
+    Replica,
+    admin,
+    cluster_of,
+)
 from dcron.scheduler import Scheduler
 from dcron.store import Store
 
 logger = logging.getLogger(__name__)
 
 FINISH_RETRY_S = 0.5
+JOIN_TIMEOUT_S = 60.0
+JOIN_RETRY_S = 1.0
+HEALTH_TIMEOUT_S = 1.0
+EXIT_JOIN_FAILED = 1
+LEAVE_TIMEOUT_S = 5.0
 TERM_GRACE_S = 5.0
 RAFT_STATES = {0: "follower", 1: "candidate", 2: "leader"}
+
+
+class JoinRefused(Exception):
+    """This node could not join the cluster named by --join."""
 
 
 class Node:
@@ -47,6 +65,7 @@ class Node:
         self.stopping = False
         self.started_at = time.time()
         self._runs: set[str] = set()
+        self._placements = itertools.count()
         self._stopped = asyncio.Event()
         self.store: Store
         self.replica: Replica
@@ -61,22 +80,30 @@ class Node:
     async def start(self) -> None:
         self._loop = IOLoop.current()
         data_dir = check_data_dir(self.config.data_dir)
-        self.store = Store(os.path.join(data_dir, "dcron.db"))
+        self.store = Store(
+            os.path.join(data_dir, "dcron.db"), self.config.store_max_bytes
+        )
         self.store.on_applied = self._on_applied
         self.scheduler = Scheduler(
             self.store, self.submit, self.choose_node, self.config.executions_per_job
         )
+        self._warn_if_open()
+        partners = await self._partners()
         self.replica = Replica(
             RaftSettings(
                 self_addr=self.config.raft_address,
-                partners=self.config.join,
+                partners=partners,
                 data_dir=data_dir,
                 bind_addr=self.config.raft_address,
+                password=self.config.encrypt or None,
+                compaction_entries=self.config.raft_compaction_entries,
             ),
             self.store,
             on_state_changed=self._on_leadership,
             on_ready=self._on_ready,
         )
+        if partners and self.config.encrypt:
+            self._loop.run_in_executor(None, self._check_key, partners)
 
         host, port = self.config.http_addr
         # Tornado refuses oversized bodies by closing the connection; the API
@@ -94,6 +121,91 @@ class Node:
             self.http_port,
             self.config.raft_address,
         )
+
+    def _warn_if_open(self) -> None:
+        host = self.config.raft_addr[0]
+        if (
+            not self.config.encrypt
+            and not host.startswith("127.")
+            and host
+            not in (
+                "localhost",
+                "::1",
+            )
+        ):
+            logger.warning(
+                "raft address %s is not loopback and --encrypt is not set: "
+                "anyone who reaches it can change jobs",
+                self.config.raft_address,
+            )
+
+    async def _partners(self) -> tuple[str, ...]:
+        """The other voting servers this node starts with.
+
+        A node with state takes them from its store (the cluster as it was
+        committed). A fresh node either bootstraps with the servers named by
+        --join, when they make up --bootstrap-expect, or joins a running
+        cluster: it asks one of them for the cluster, has itself added as a
+        voter, and starts with the whole list.
+        """
+        me = self.config.raft_address
+        join = tuple(dict.fromkeys(a for a in self.config.join if a != me))
+        known = tuple(
+            m["raft_addr"]
+            for m in self.store.members()
+            if m["server"] and not m["left"] and m["raft_addr"] != me
+        )
+        if self.store.last_applied > 0:
+            return known or join
+        if not join:
+            return ()
+        if (
+            self.config.bootstrap_expect
+            and len(join) + 1 >= self.config.bootstrap_expect
+        ):
+            return join
+        return await self._loop.run_in_executor(None, self._join_running, join)
+
+    def _join_running(self, join: tuple[str, ...]) -> tuple[str, ...]:
+        """Ask a server of a running cluster to add this node (worker thread)."""
+        me = self.config.raft_address
+        password = self.config.encrypt or None
+        deadline = time.monotonic() + JOIN_TIMEOUT_S
+        while time.monotonic() < deadline and not self.stopping:
+            for addr in join:
+                try:
+                    leader, servers = cluster_of(addr, password)
+                except KeyRefused:
+                    raise JoinRefused(
+                        f"raft peer {addr} refused this node's encryption key; "
+                        "check --encrypt"
+                    ) from None
+                if leader is None:
+                    continue
+                if me in servers:
+                    return tuple(a for a in servers if a != me)
+                reply = admin(leader, ["add", me], password)
+                if isinstance(reply, str) and reply.startswith("SUCCESS"):
+                    logger.info(
+                        "node %s joined the cluster through %s", self.name, leader
+                    )
+                    return tuple(a for a in servers if a != me)
+                logger.warning("leader %s did not add %s: %s", leader, me, reply)
+            time.sleep(JOIN_RETRY_S)
+        raise JoinRefused(
+            f"no server of {', '.join(join)} answered within {JOIN_TIMEOUT_S:.0f}s"
+        )
+
+    def _check_key(self, partners: tuple[str, ...]) -> None:
+        """Say loudly when a peer drops us for a key mismatch (worker thread)."""
+        for addr in partners:
+            try:
+                cluster_of(addr, self.config.encrypt)
+            except KeyRefused:
+                logger.error(
+                    "raft peer %s refused this node's encryption key; check --encrypt",
+                    addr,
+                )
 
     @staticmethod
     def http_sockets(host: str, port: int) -> list[Any]:
@@ -221,7 +333,7 @@ class Node:
         if self.stopping:
             return
         self._runs.add(execution["id"])
-        delay = execution["scheduled_at"] - time.time()
+        delay = execution["started_at"] - time.time()
         IOLoop.current().call_later(max(0.0, delay), self._run, execution, job)
 
     async def _run(self, execution: dict[str, Any], job: dict[str, Any]) -> None:
@@ -246,6 +358,7 @@ class Node:
                 "output": result.output,
                 "output_truncated": result.output_truncated,
                 "retry_backoff": self.config.retry_backoff,
+                "keep": self.config.executions_per_job,
             }
         )
         self._runs.discard(execution["id"])
@@ -302,7 +415,7 @@ class Node:
     def choose_node(self, job: dict[str, Any]) -> str | None:
         """The node a run goes to: a member whose tags match, least busy first."""
         wanted = {key: value.split(":")[0] for key, value in job["tags"].items()}
-        members = self.store.members() or [
+        members = [m for m in self.store.members() if not m["left"]] or [
             {"name": self.name, "tags": self.config.tags}
         ]
         matching = [
@@ -315,7 +428,10 @@ class Node:
         busy: dict[str, int] = {}
         for run in self.store.open_executions():
             busy[run["node_name"]] = busy.get(run["node_name"], 0) + 1
-        return min(matching, key=lambda name: (busy.get(name, 0), name))
+        least = min(busy.get(name, 0) for name in matching)
+        idle = sorted(name for name in matching if busy.get(name, 0) == least)
+        # Rotate among the least busy, so short runs spread over the nodes.
+        return idle[next(self._placements) % len(idle)]
 
     # ---- what the API shows ------------------------------------------------
 
@@ -343,54 +459,143 @@ class Node:
             "scheduler": {
                 "running": self.scheduler.running,
                 "fired": self.scheduler.fired,
+                "caught_up": self.scheduler.caught_up,
                 "failed_submits": self.scheduler.failed_submits,
             },
         }
 
-    def members(self) -> list[dict[str, Any]]:
-        leader = self.replica.leader_addr()
-        status = self.replica.status()
-        out = []
-        for member in self.store.members():
-            addr = member["raft_addr"]
-            if member["name"] == self.name:
-                alive = True
-            else:
-                alive = status.get(f"partner_node_status_server_{addr}") == 2
-            role = (
-                "agent"
-                if not member["server"]
-                else ("leader" if addr == leader else "follower")
-            )
-            out.append(
-                {
-                    "name": member["name"],
-                    "http_addr": member["http_addr"],
-                    "raft_addr": addr,
-                    "tags": member["tags"],
-                    "server": member["server"],
-                    "status": "alive" if alive else "failed",
-                    "role": role,
-                }
-            )
-        return out
+    def _member_view(
+        self, member: dict[str, Any], health: dict[str, Any] | None
+    ) -> dict[str, Any]:
+        """A member as the API shows it; ``health`` is its /health answer."""
+        addr = member["raft_addr"]
+        if member["left"]:
+            status = "left"
+        elif member["name"] == self.name or health is not None:
+            status = "alive"
+        else:
+            connected = self.replica.status().get(f"partner_node_status_server_{addr}")
+            status = "alive" if connected == 2 else "failed"
+        if not member["server"]:
+            role = "agent"
+        elif member["left"]:
+            role = "none"
+        else:
+            role = "leader" if addr == self.replica.leader_addr() else "follower"
+        if member["name"] == self.name:
+            applied: int | None = self.store.last_applied
+        else:
+            applied = None if health is None else health.get("last_applied")
+        return {
+            "name": member["name"],
+            "http_addr": member["http_addr"],
+            "raft_addr": addr,
+            "tags": member["tags"],
+            "server": member["server"],
+            "status": status,
+            "role": role,
+            "last_applied": applied,
+        }
 
-    def leader_name(self) -> str | None:
-        leader = self.leader()
-        return None if leader is None else leader["name"]
+    async def members(self) -> list[dict[str, Any]]:
+        """Every member, asking each other live one for its health at once."""
+        rows = self.store.members()
+        answers = await asyncio.gather(
+            *(self._health_of(m) for m in rows), return_exceptions=False
+        )
+        return [self._member_view(m, h) for m, h in zip(rows, answers, strict=True)]
+
+    async def _health_of(self, member: dict[str, Any]) -> dict[str, Any] | None:
+        if member["left"] or member["name"] == self.name:
+            return None
+        try:
+            response = await AsyncHTTPClient().fetch(
+                f"http://{member['http_addr']}/health", request_timeout=HEALTH_TIMEOUT_S
+            )
+            return dict(json.loads(response.body))
+        except Exception:
+            return None
 
     def leader(self) -> dict[str, Any] | None:
         addr = self.replica.leader_addr()
         if addr is None:
             return None
-        return next((m for m in self.members() if m["raft_addr"] == addr), None)
+        row = next((m for m in self.store.members() if m["raft_addr"] == addr), None)
+        return None if row is None else self._member_view(row, None)
+
+    def leader_name(self) -> str | None:
+        leader = self.leader()
+        return None if leader is None else leader["name"]
+
+    def health(self) -> dict[str, Any]:
+        return {
+            "status": "ok",
+            "name": self.name,
+            "last_applied": self.store.last_applied,
+        }
+
+    # ---- leaving -----------------------------------------------------------
+
+    async def leave(self) -> None:
+        """Leave the cluster for good, then stop this node."""
+        me = self.config.raft_address
+        await self._submit_until_committed(
+            {"op": "member_left", "name": self.name, "at": time.time()}
+        )
+        others = [str(n.id) for n in self.replica.otherNodes]
+        if self.replica.is_leader() and others:
+            # A leader cannot commit its own removal safely: hand over first.
+            self.replica.transferLeadership()
+            deadline = time.monotonic() + LEAVE_TIMEOUT_S
+            while self.replica.is_leader() and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+        for addr in others:
+            reply = await self._loop.run_in_executor(
+                None, self._admin_quietly, addr, ["remove", me]
+            )
+            if isinstance(reply, str) and reply.startswith("SUCCESS"):
+                logger.info("node %s left the cluster", self.name)
+                break
+        else:
+            if others:
+                logger.error("node %s could not be removed from raft", self.name)
+        self.request_stop()
+
+    def _admin_quietly(self, addr: str, message: list[Any]) -> Any:
+        try:
+            return admin(addr, message, self.config.encrypt or None)
+        except KeyRefused:
+            return None
+
+    async def remove_member(self, name: str) -> dict[str, Any]:
+        """Remove another member (one that is gone for good) from the cluster."""
+        member = next((m for m in self.store.members() if m["name"] == name), None)
+        if member is None:
+            raise NotFound(f"no member named {name}")
+        if name == self.name:
+            raise Conflict(f"name: {name} is this node; use leave instead")
+        if member["server"] and not member["left"]:
+            await self.replica.change_membership("remove", member["raft_addr"])
+        result = await self.submit(
+            {"op": "member_left", "name": name, "at": time.time()}
+        )
+        if "error" in result:
+            raise NotFound(result["error"])
+        logger.info("member %s removed from the cluster", name)
+        member["left"] = True
+        return self._member_view(member, None)
 
     def running_output(self, execution_id: str) -> str | None:
         return self.executor.output_so_far(execution_id)
 
 
-async def serve(config: Config) -> None:
-    """Run a node until SIGINT or SIGTERM."""
+async def serve(config: Config) -> int:
+    """Run a node until SIGINT or SIGTERM; return the process exit status."""
     node = Node(config)
-    await node.start()
+    try:
+        await node.start()
+    except JoinRefused as exc:
+        logger.error("node %s cannot join: %s", node.name, exc)
+        return EXIT_JOIN_FAILED
     await node.run_until_stopped()
+    return 0

@@ -21,11 +21,13 @@ import asyncio
 import logging
 import os
 import pickle
+import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from pysyncobj import FAIL_REASON, SyncObj, SyncObjConf, replicated
+from pysyncobj.utility import TcpUtility, UtilityException
 from tornado.ioloop import IOLoop
 
 from dcron.errors import Unavailable
@@ -66,6 +68,8 @@ class RaftSettings:
     partners: tuple[str, ...]
     data_dir: str
     bind_addr: str
+    password: str | None = None
+    compaction_entries: int = COMPACTION_MIN_ENTRIES
 
 
 class Replica(SyncObj):  # type: ignore[misc]
@@ -95,10 +99,11 @@ class Replica(SyncObj):  # type: ignore[misc]
             connectionTimeout=CONNECTION_TIMEOUT_S,
             autoTickPeriod=TICK_PERIOD_S,
             appendEntriesPeriod=APPEND_ENTRIES_PERIOD_S,
-            logCompactionMinEntries=COMPACTION_MIN_ENTRIES,
+            logCompactionMinEntries=settings.compaction_entries,
             logCompactionMinTime=COMPACTION_MIN_TIME_S,
             onStateChanged=self._state_changed,
             onReady=self._ready,
+            password=settings.password,
         )
         super().__init__(settings.self_addr, list(settings.partners), conf=conf)
 
@@ -126,6 +131,12 @@ class Replica(SyncObj):  # type: ignore[misc]
         Raises Unavailable when there is no leader or the commit takes longer
         than ``timeout`` seconds.
         """
+        # Without a leader, or with a leader cut off from its majority, the
+        # command would only wait out its timeout: say so at once instead.
+        if self._getLeader() is None:
+            raise Unavailable("no leader")
+        if not self.hasQuorum:
+            raise Unavailable("no leader: this node cannot reach a majority")
         loop = self._loop
         future: asyncio.Future[dict[str, Any]] = (
             asyncio.get_running_loop().create_future()
@@ -169,6 +180,32 @@ class Replica(SyncObj):  # type: ignore[misc]
     def status(self) -> dict[str, Any]:
         return dict(self.getStatus())
 
+    async def change_membership(self, action: str, addr: str) -> None:
+        """Add or remove one server (``action`` is "add" or "remove")."""
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        loop = self._loop
+
+        def resolve(result: Any, error: int) -> None:
+            if future.done():
+                return
+            if error == FAIL_REASON.SUCCESS:
+                future.set_result(None)
+            else:
+                reason = FAILURES.get(error, f"replication error {error}")
+                future.set_exception(Unavailable(reason))
+
+        def on_done(result: Any, error: int) -> None:
+            loop.add_callback(resolve, result, error)
+
+        if action == "add":
+            self.addNodeToCluster(addr, callback=on_done)
+        else:
+            self.removeNodeFromCluster(addr, callback=on_done)
+        try:
+            await asyncio.wait_for(asyncio.shield(future), COMMIT_TIMEOUT_S)
+        except TimeoutError:
+            raise Unavailable("no leader: the membership change timed out") from None
+
     # ---- snapshots ---------------------------------------------------------
 
     def _write_snapshot(self, path: str, raft_data: Any) -> None:
@@ -176,3 +213,51 @@ class Replica(SyncObj):  # type: ignore[misc]
 
     def _read_snapshot(self, path: str) -> Any:
         return pickle.loads(self.store.restore_from(path))
+
+
+# ---- talking to a cluster this node is not part of yet ---------------------
+#
+# These calls block; the node makes them from a worker thread while it starts.
+
+PROBE_TIMEOUT_S = 3.0
+
+
+class KeyRefused(Exception):
+    """A peer accepted the connection but not this node's encryption key."""
+
+
+def _reachable(addr: str) -> bool:
+    host, _, port = addr.rpartition(":")
+    try:
+        with socket.create_connection((host, int(port)), timeout=PROBE_TIMEOUT_S):
+            return True
+    except OSError:
+        return False
+
+
+def admin(addr: str, message: list[Any], password: str | None) -> Any:
+    """Send one pysyncobj admin message (status, add, remove) to a server.
+
+    Returns None when the server cannot be reached; raises KeyRefused when it
+    can be reached but drops us, which is what a wrong key looks like.
+    """
+    try:
+        return TcpUtility(password, timeout=PROBE_TIMEOUT_S).executeCommand(
+            addr, message
+        )
+    except UtilityException:
+        if _reachable(addr):
+            raise KeyRefused(addr) from None
+        return None
+
+
+def cluster_of(addr: str, password: str | None) -> tuple[str | None, list[str]]:
+    """The leader and the voting servers of the cluster ``addr`` belongs to."""
+    status = admin(addr, ["status"], password)
+    if not isinstance(status, dict):
+        return None, []
+    prefix = "partner_node_status_server_"
+    servers = [str(status["self"].id)]
+    servers += [key[len(prefix) :] for key in status if key.startswith(prefix)]
+    leader = status.get("leader")
+    return (None if leader is None else str(leader.id)), servers

@@ -60,13 +60,19 @@ def fire_command(
     attempt: int = 1,
     pending_id: str | None = None,
     force: bool = False,
+    start_at: float | None = None,
 ) -> dict[str, Any]:
-    """The ``fire`` command that creates one run of ``job`` for ``slot``."""
+    """The ``fire`` command that creates one run of ``job`` for ``slot``.
+
+    The process starts at ``start_at``, which is the slot itself unless the run
+    is owed later than its slot (a retry waits out its backoff).
+    """
     now = time.time()
     command: dict[str, Any] = {
         "op": "fire",
         "job": job["name"],
         "scheduled_at": slot,
+        "start_at": slot if start_at is None else start_at,
         "trigger": trigger,
         "execution_id": new_execution_id(max(now, slot)),
         "node": node,
@@ -114,6 +120,7 @@ class Scheduler:
         self._timer: object | None = None
         self._timer_at = float("inf")
         self.fired = 0
+        self.caught_up = 0
         self.failed_submits = 0
 
     # ---- lifecycle ---------------------------------------------------------
@@ -135,6 +142,7 @@ class Scheduler:
                 )
         self.reload_pending()
         if catch_up:
+            self.caught_up += len(catch_up)
             logger.info("catching up %d missed slots", len(catch_up))
             IOLoop.current().add_callback(self._submit_batch, catch_up)
         self._arm()
@@ -180,9 +188,11 @@ class Scheduler:
         parsed = self._parse(job)
         since = job.get("last_scheduled_at") or job.get("updated_at")
         if parsed is not None and since is not None and not job["disabled"]:
-            slot = latest_missed(parsed, since, now - FIRE_LEAD_S)
+            slot = latest_missed(parsed, since, now)
             if slot is not None and self._allowed(job, slot.timestamp()):
                 missed = slot.timestamp()
+        # Plan from now: every slot up to now was either fired, caught up
+        # above, or is older than the one caught up.
         self._plan(job, now)
         return missed
 
@@ -291,6 +301,7 @@ class Scheduler:
             self.keep,
             attempt=row["attempt"],
             pending_id=pending_id,
+            start_at=row["due_at"],
         )
 
     async def _submit_batch(self, commands: list[dict[str, Any]]) -> None:

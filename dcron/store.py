@@ -114,6 +114,7 @@ class MemberRow(BaseModel):
     raft_addr = pw.TextField()
     tags = pw.TextField(default="{}")
     server = pw.BooleanField(default=True)
+    left = pw.BooleanField(default=False)
     joined_at = pw.DoubleField()
     updated_at = pw.DoubleField()
 
@@ -129,7 +130,9 @@ PRAGMAS = {
     "synchronous": "normal",
     "busy_timeout": 5000,
     "foreign_keys": 0,
+    "page_size": 4096,
 }
+PAGE_SIZE = 4096
 
 
 class FatalStoreError(Exception):
@@ -139,9 +142,14 @@ class FatalStoreError(Exception):
 class Store:
     """One node's SQLite database."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, max_bytes: int = 0) -> None:
         self.path = path
-        database.init(path, pragmas=PRAGMAS, check_same_thread=False)
+        pragmas = dict(PRAGMAS)
+        if max_bytes:
+            # SQLite answers "database or disk is full" past this size, the
+            # same failure as a full disk, and the node stops on it.
+            pragmas["max_page_count"] = max(1, max_bytes // PAGE_SIZE)
+        database.init(path, pragmas=pragmas, check_same_thread=False)
         database.connect(reuse_if_open=True)
         database.create_tables(MODELS)
         self.last_applied = self._read_last_applied()
@@ -322,7 +330,8 @@ class Store:
                     "execution": self.get_execution(name, base["id"]),
                 }
 
-        ExecutionRow.create(**base, status="running", started_at=slot)
+        start_at = command.get("start_at", slot)
+        ExecutionRow.create(**base, status="running", started_at=start_at)
         JobRow.update(status="running").where(JobRow.name == name).execute()
         self._prune(name, command["keep"])
         return {"execution": self.get_execution(name, base["id"]), "job": body}
@@ -358,6 +367,8 @@ class Store:
         run.output_truncated = bool(command.get("output_truncated"))
         run.save()
         self._record_outcome(run, command)
+        if "keep" in command:
+            self._prune(run.job_name, command["keep"])
         return {"execution": self.get_execution(run.job_name, run.id)}
 
     def _record_outcome(self, run: ExecutionRow, command: dict[str, Any]) -> None:
@@ -457,10 +468,22 @@ class Store:
             raft_addr=member["raft_addr"],
             tags=json.dumps(member["tags"], sort_keys=True),
             server=member["server"],
+            left=False,
             joined_at=existing.joined_at if existing else command["at"],
             updated_at=command["at"],
         ).execute()
         return {"member": member["name"]}
+
+    def _apply_member_left(self, seq: int, command: dict[str, Any]) -> Result:
+        """A server left the cluster, or was removed from it."""
+        updated = (
+            MemberRow.update(left=True, updated_at=command["at"])
+            .where(MemberRow.name == command["name"])
+            .execute()
+        )
+        if not updated:
+            return {"error": f"no member named {command['name']}", "status": 404}
+        return {"member": command["name"]}
 
     # ---- reads -------------------------------------------------------------
 

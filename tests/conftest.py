@@ -219,6 +219,8 @@ def client(node: NodeProcess) -> Client:
 
 def job(name: str, **fields: Any) -> dict[str, Any]:
     """A job body with a schedule that never fires on its own by default."""
-    body: dict[str, Any] = {"name": name, "schedule": "@manually", "command": "true"}
+    body: dict[str, Any] = {"name": name, "schedule": "@manually"}
+    if "command" not in (fields.get("executor_config") or {}):
+        body["command"] = "true"
     body.update(fields)
     return body
