@@ -415,9 +415,9 @@ class Node:
     def choose_node(self, job: dict[str, Any]) -> str | None:
         """The node a run goes to: a member whose tags match, least busy first."""
         wanted = {key: value.split(":")[0] for key, value in job["tags"].items()}
-        members = [m for m in self.store.members() if not m["left"]] or [
-            {"name": self.name, "tags": self.config.tags}
-        ]
+        members = [
+            m for m in self.store.members() if not m["left"] and self._reachable(m)
+        ] or [{"name": self.name, "tags": self.config.tags}]
         matching = [
             m["name"]
             for m in members
@@ -432,6 +432,13 @@ class Node:
         idle = sorted(name for name in matching if busy.get(name, 0) == least)
         # Rotate among the least busy, so short runs spread over the nodes.
         return idle[next(self._placements) % len(idle)]
+
+    def _reachable(self, member: dict[str, Any]) -> bool:
+        """Whether raft currently has a connection to this member."""
+        if member["name"] == self.name:
+            return True
+        key = f"partner_node_status_server_{member['raft_addr']}"
+        return bool(self.replica.status().get(key) == 2)
 
     # ---- what the API shows ------------------------------------------------
 
@@ -451,6 +458,7 @@ class Node:
                 "term": status.get("raft_term"),
                 "commit_index": status.get("commit_idx"),
                 "last_applied": status.get("last_applied"),
+                "log_entries": status.get("log_len"),
                 "leader_addr": self.replica.leader_addr(),
             },
             "ready": self.ready,

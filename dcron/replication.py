@@ -40,6 +40,16 @@ COMMIT_TIMEOUT_S = 10.0
 # majority answering (shared/PYSYNCOBJ.md, trap 6); the default 30 s is far
 # too long for a scheduler.
 LEADER_FALLBACK_S = 3.0
+# A follower that hears nothing from the leader for a random time in this
+# range starts an election. pysyncobj's 0.4-1.4 s lets a busy two-core machine
+# (a slow tick, a node starting up) depose a healthy leader; 1-2 s still moves
+# leadership well within 3 s of a leader's death.
+ELECTION_TIMEOUT_MIN_S = 1.0
+ELECTION_TIMEOUT_MAX_S = 2.0
+# How often a node retries a lost connection to a peer. pysyncobj's 5 s means a
+# restarted follower hears no leader for seconds and starts an election that
+# deposes it; half a second reconnects it first.
+CONNECTION_RETRY_S = 0.5
 # Followers keep idle links open this long, so the first vote request of an
 # election is not lost to a reconnect (trap 5).
 CONNECTION_TIMEOUT_S = 30.0
@@ -97,6 +107,10 @@ class Replica(SyncObj):  # type: ignore[misc]
             dynamicMembershipChange=True,
             leaderFallbackTimeout=LEADER_FALLBACK_S,
             connectionTimeout=CONNECTION_TIMEOUT_S,
+            connectionRetryTime=CONNECTION_RETRY_S,
+            # A cluster of one has nobody to disturb: it elects itself at once.
+            raftMinTimeout=ELECTION_TIMEOUT_MIN_S if settings.partners else 0.1,
+            raftMaxTimeout=ELECTION_TIMEOUT_MAX_S if settings.partners else 0.2,
             autoTickPeriod=TICK_PERIOD_S,
             appendEntriesPeriod=APPEND_ENTRIES_PERIOD_S,
             logCompactionMinEntries=settings.compaction_entries,

@@ -132,6 +132,7 @@ class NodeProcess:
         ]
 
     def start(self, wait: bool = True) -> NodeProcess:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
             self.args(),
@@ -152,7 +153,9 @@ class NodeProcess:
                 info = self.client.get("/").json
             except (OSError, ValueError):
                 return False
-            return bool(info["ready"] and info["scheduler"]["running"])
+            if not info["ready"] or info["leader"] is None:
+                return False
+            return info["leader"] != self.name or info["scheduler"]["running"]
 
         wait_until(ready, START_TIMEOUT_S)
 
@@ -175,6 +178,70 @@ class NodeProcess:
     def running(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
+    def info(self) -> dict[str, Any]:
+        return self.client.get("/").json
+
+    @property
+    def raft_addr(self) -> str:
+        return f"127.0.0.1:{self.raft_port}"
+
+
+class Cluster:
+    """Servers that bootstrap together, each naming the others with --join."""
+
+    def __init__(self, base: Path, size: int = 3, *extra: str) -> None:
+        self.base = base
+        self.nodes = [
+            NodeProcess(base / f"n{i}.data", f"n{i}") for i in range(1, size + 1)
+        ]
+        for node in self.nodes:
+            joins = [
+                arg
+                for other in self.nodes
+                if other is not node
+                for arg in ("--join", other.raft_addr)
+            ]
+            node.extra = [*joins, "--bootstrap-expect", str(size), *extra]
+
+    def start(self) -> Cluster:
+        for node in self.nodes:
+            node.start(wait=False)
+        for node in self.nodes:
+            node.wait_ready()
+        return self
+
+    def node(self, name: str) -> NodeProcess:
+        return next(n for n in self.nodes if n.name == name)
+
+    def leader(self, timeout: float = 15.0) -> NodeProcess:
+        """The node every running member names as leader."""
+
+        def agreed() -> NodeProcess | None:
+            names = set()
+            for node in self.running():
+                try:
+                    names.add(node.info()["leader"])
+                except (OSError, ValueError):
+                    return None
+            if len(names) != 1 or None in names:
+                return None
+            leader = self.node(names.pop())
+            return leader if leader.running() else None
+
+        return wait_until(agreed, timeout)
+
+    def followers(self) -> list[NodeProcess]:
+        leader = self.leader()
+        return [n for n in self.running() if n is not leader]
+
+    def running(self) -> list[NodeProcess]:
+        return [n for n in self.nodes if n.running()]
+
+    def kill_all(self) -> None:
+        for node in self.nodes:
+            if node.running():
+                node.kill()
+
 
 @pytest.fixture
 def make_node(tmp_path: Path) -> Iterator[Callable[..., NodeProcess]]:
@@ -190,6 +257,21 @@ def make_node(tmp_path: Path) -> Iterator[Callable[..., NodeProcess]]:
     for node in nodes:
         if node.running():
             node.kill()
+
+
+@pytest.fixture
+def make_cluster(tmp_path: Path) -> Iterator[Callable[..., Cluster]]:
+    """Start clusters on demand; every node still running is killed afterwards."""
+    clusters: list[Cluster] = []
+
+    def make(size: int = 3, *extra: str, start: bool = True) -> Cluster:
+        cluster = Cluster(tmp_path / f"cluster{len(clusters)}", size, *extra)
+        clusters.append(cluster)
+        return cluster.start() if start else cluster
+
+    yield make
+    for cluster in clusters:
+        cluster.kill_all()
 
 
 @pytest.fixture(scope="module")

@@ -222,6 +222,13 @@ def stamp(text: str) -> float:
     return datetime.fromisoformat(text).timestamp()
 
 
+def test_an_unencrypted_raft_address_beyond_loopback_is_warned_about(make_node):
+    node = make_node(start=False)
+    node.extra = ["--raft-addr", f"0.0.0.0:{node.raft_port}"]
+    node.start()
+    assert "is not loopback and --encrypt is not set" in node.log()
+
+
 def test_ctrl_c_stops_the_node_like_sigterm(make_node):
     node = make_node()
     assert node.proc is not None
