@@ -13,6 +13,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import sqlite3
+import tempfile
 import time
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -54,7 +57,7 @@ class NodeView(Protocol):
     async def remove_member(self, name: str) -> dict[str, Any]: ...
     async def leave(self) -> None: ...
     def leader(self) -> dict[str, Any] | None: ...
-    def choose_node(self, job: dict[str, Any]) -> str | None: ...
+    def place(self, job: dict[str, Any], avoid: str = "") -> list[str]: ...
     def running_output(self, execution_id: str) -> str | None: ...
 
     @property
@@ -154,17 +157,17 @@ class BaseHandler(tornado.web.RequestHandler):
             await self.run_job(stored)
         self.send(self.render(stored), 201)
 
-    async def run_job(self, job: dict[str, Any], force: bool = False) -> dict | None:
+    async def run_job(self, job: dict[str, Any], force: bool = False) -> dict:
         command = scheduler.fire_command(
             job,
             time.time(),
             "manual",
-            self.node.choose_node(job),
+            self.node.place(job),
             self.node.config.executions_per_job,
             force=force,
         )
         result = await self.commit(command)
-        return result.get("execution")
+        return result
 
 
 class InfoHandler(BaseHandler):
@@ -344,6 +347,8 @@ def routes(node: NodeView) -> list[tuple[str, type, dict[str, Any]]]:
         (rf"{v1}/members/{name}/?", MemberHandler),
         (rf"{v1}/leave/?", LeaveHandler),
         (rf"{v1}/leader/?", LeaderHandler),
+        (rf"{v1}/backup/?", BackupHandler),
+        (rf"{v1}/restore/?", RestoreHandler),
         (rf"{v1}{jobs_}/?", JobsHandler),
         (rf"{v1}{jobs_}/{name}/run/?", RunHandler),
         (rf"{v1}{jobs_}/{name}/toggle/?", ToggleHandler),
@@ -379,3 +384,182 @@ def _log_request(handler: tornado.web.RequestHandler) -> None:
         handler.request.uri,
         1000 * handler.request.request_time(),
     )
+
+
+# ---- backup and restore ----------------------------------------------------
+
+# A restore body is a whole store, executions included, so it may be far
+# larger than a job body. It streams to a file beside the store instead of into
+# memory; this bounds the disk it may take. A node whose store is capped by
+# --store-max-bytes accepts a backup of any store that fits under that cap.
+RESTORE_MAX_BYTES = 1024 * 1024 * 1024
+BACKUP_CHUNK_BYTES = 1024 * 1024
+
+
+def copy_store(source_path: str, target_path: str) -> None:
+    """Copy a live SQLite store into a new file with SQLite's backup API.
+
+    The copy is one read transaction, so it is consistent while the apply
+    thread keeps writing (WAL mode: the reader sees one committed state). The
+    copy leaves WAL mode, so it is a single self-contained file.
+    """
+    source = sqlite3.connect(source_path)
+    target = sqlite3.connect(target_path)
+    try:
+        source.backup(target)
+        target.execute("pragma journal_mode = delete")
+    finally:
+        target.close()
+        source.close()
+
+
+def jobs_in_backup(path: str) -> list[dict[str, Any]]:
+    """The jobs stored in a backup file, re-validated, parents before children.
+
+    Raises InvalidInput naming ``body`` when the file is not a dcron backup.
+    """
+    try:
+        connection = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        try:
+            rows = connection.execute(
+                "select name, body, updated_at from job order by name"
+            ).fetchall()
+        finally:
+            connection.close()
+    except sqlite3.Error as exc:
+        raise InvalidInput("body", f"not a dcron backup: {exc}") from exc
+
+    found = []
+    for name, body, updated_at in rows:
+        try:
+            stored = json.loads(body)
+            # Checked as of when it was stored: an @at job whose time has
+            # passed since comes back as it was, spent, instead of refused.
+            found.append(jobs.validate(stored, datetime.fromtimestamp(updated_at, UTC)))
+        except (ValueError, TypeError) as exc:
+            raise InvalidInput("body", f"job {name} is not readable: {exc}") from exc
+        except DcronError as exc:
+            raise InvalidInput("body", f"job {name}: {exc.message}") from exc
+    return _parents_first(found)
+
+
+def _parents_first(found: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    by_name = {job["name"]: job for job in found}
+    ordered: list[dict[str, Any]] = []
+    placed: set[str] = set()
+    for job in found:
+        # Walk up to the oldest ancestor not yet placed, then place downwards.
+        chain: list[dict[str, Any]] = []
+        current: dict[str, Any] | None = job
+        while current is not None and current["name"] not in placed:
+            if any(link["name"] == current["name"] for link in chain):
+                raise InvalidInput("body", f"job {current['name']} is in a cycle")
+            chain.append(current)
+            current = by_name.get(current["parent_job"] or "")
+        for link in reversed(chain):
+            placed.add(link["name"])
+            ordered.append(link)
+    return ordered
+
+
+class BackupHandler(BaseHandler):
+    """A consistent copy of this node's store, as a SQLite file."""
+
+    async def get(self) -> None:
+        loop = IOLoop.current()
+        folder = os.path.dirname(self.node.store.path)
+        handle, path = tempfile.mkstemp(prefix=".backup-", suffix=".db", dir=folder)
+        os.close(handle)
+        try:
+            try:
+                await loop.run_in_executor(None, copy_store, self.node.store.path, path)
+            except sqlite3.Error as exc:
+                raise DcronError(f"backup: cannot copy the store: {exc}") from exc
+            stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+            self.set_header("Content-Type", "application/octet-stream")
+            self.set_header(
+                "Content-Disposition",
+                f'attachment; filename="dcron-{self.node.name}-{stamp}.db"',
+            )
+            self.set_header("Content-Length", str(os.path.getsize(path)))
+            with open(path, "rb") as source:
+                while chunk := await loop.run_in_executor(
+                    None, source.read, BACKUP_CHUNK_BYTES
+                ):
+                    self.write(chunk)
+                    await self.flush()
+            logger.info("store backed up for %s", self.request.remote_ip)
+        finally:
+            os.remove(path)
+        self.finish()
+
+
+@tornado.web.stream_request_body
+class RestoreHandler(BaseHandler):
+    """Load the jobs of a backup: each one is a put_job command through raft."""
+
+    path = ""
+    received = 0
+    sink: Any = None
+
+    def limit(self) -> int:
+        return max(RESTORE_MAX_BYTES, self.node.config.store_max_bytes)
+
+    def prepare(self) -> None:
+        limit = self.limit()
+        length = self.request.headers.get("Content-Length", "")
+        if length.isdigit() and int(length) > limit:
+            raise TooLarge(f"body: larger than {limit} bytes")
+        self.request.connection.set_max_body_size(limit)  # type: ignore[union-attr]
+        folder = os.path.dirname(self.node.store.path)
+        handle, self.path = tempfile.mkstemp(
+            prefix=".restore-", suffix=".db", dir=folder
+        )
+        self.sink = os.fdopen(handle, "wb")
+
+    async def data_received(self, chunk: bytes) -> None:
+        self.received += len(chunk)
+        if self.received <= self.limit():
+            await IOLoop.current().run_in_executor(None, self.sink.write, chunk)
+
+    async def post(self) -> None:
+        self.sink.close()
+        if self.received > self.limit():
+            raise TooLarge(f"body: larger than {self.limit()} bytes")
+        if self.received == 0:
+            raise InvalidInput("body", "empty; expected a file from GET /backup")
+        loop = IOLoop.current()
+        found = await loop.run_in_executor(None, jobs_in_backup, self.path)
+        # Refuse before writing anything: a parent must be in the file or here.
+        names = {job["name"] for job in found}
+        for job in found:
+            parent = job["parent_job"]
+            if parent and parent not in names and not self.node.store.get_job(parent):
+                raise InvalidInput("body", f"job {job['name']}: no parent {parent}")
+
+        created = 0
+        for job in found:
+            result = await self.commit({"op": "put_job", "job": job, "at": time.time()})
+            created += bool(result["created"])
+        logger.info("restored %d jobs, %d of them new", len(found), created)
+        self.send(
+            {
+                "jobs": len(found),
+                "created": created,
+                "replaced": len(found) - created,
+                "names": [job["name"] for job in found],
+            }
+        )
+
+    def on_finish(self) -> None:
+        self._discard()
+
+    def on_connection_close(self) -> None:
+        self._discard()
+
+    def _discard(self) -> None:
+        if self.sink is not None:
+            self.sink.close()
+        if self.path and os.path.exists(self.path):
+            os.remove(self.path)
+        self.path = ""

@@ -239,6 +239,14 @@ SETTINGS: tuple[Setting, ...] = (
         "BYTES",
     ),
     Setting(
+        "heartbeat-timeout",
+        "seconds without an answer before a node is taken for dead and its "
+        "runs are closed as lost",
+        10.0,
+        parse_seconds,
+        "SECONDS",
+    ),
+    Setting(
         "encrypt",
         "key that encrypts and authenticates raft traffic (see dcron keygen)",
         "",
@@ -282,6 +290,7 @@ class Config:
     shutdown_grace: float
     retry_backoff: float
     max_body_bytes: int
+    heartbeat_timeout: float
     encrypt: str
     raft_compaction_entries: int
     store_max_bytes: int

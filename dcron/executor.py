@@ -273,11 +273,13 @@ class Executor:
                 stdout=write_fd,
                 stderr=subprocess.STDOUT,
                 cwd=spec.cwd,
+                # The caller's env comes last: it may name the run differently
+                # (retries of one slot share one DCRON_EXECUTION_ID).
                 env={
                     **os.environ,
-                    **spec.env,
                     "DCRON_JOB_NAME": spec.job_name,
                     "DCRON_EXECUTION_ID": spec.execution_id,
+                    **spec.env,
                 },
                 start_new_session=True,
             )

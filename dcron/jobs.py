@@ -19,10 +19,19 @@ from dcron import schedule
 from dcron.errors import InvalidInput
 
 NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
-CONCURRENCY = ("allow", "forbid")
+CONCURRENCY = ("allow", "forbid", "replace")
+CATCHUP = ("latest", "all", "skip")
+DEFAULT_CATCHUP_WINDOW_S = 24 * 3600.0
 EXECUTORS = ("shell",)
 MAX_RETRIES = 100
-EXECUTION_STATUSES = ("running", "success", "failed", "skipped", "interrupted")
+EXECUTION_STATUSES = (
+    "running",
+    "success",
+    "failed",
+    "skipped",
+    "interrupted",
+    "lost",
+)
 
 # The fields a client sets, with the value a job has when the body leaves it out.
 USER_FIELDS: dict[str, Any] = {
@@ -40,6 +49,8 @@ USER_FIELDS: dict[str, Any] = {
     "metadata": {},
     "retries": 0,
     "concurrency": "allow",
+    "catchup": "latest",
+    "catchup_window": "24h",
     "parent_job": None,
     "processors": {},
     "ephemeral": False,
@@ -76,6 +87,8 @@ def validate(body: Any, now: datetime) -> dict[str, Any]:
     job["processors"] = _object(body, "processors")
     job["retries"] = _retries(body)
     job["concurrency"] = _choice(body, "concurrency", CONCURRENCY)
+    job["catchup"] = _choice(body, "catchup", CATCHUP)
+    job["catchup_window"] = _window(body)
     job["executor"] = _choice(body, "executor", EXECUTORS)
     job["parent_job"] = _parent(body, job["name"])
 
@@ -143,6 +156,28 @@ def _choice(body: dict[str, Any], field: str, choices: tuple[str, ...]) -> str:
     if value not in choices:
         raise InvalidInput(field, f"must be one of {', '.join(choices)}")
     return str(value)
+
+
+def _window(body: dict[str, Any]) -> str:
+    value = body.get("catchup_window")
+    if value is None or value == "":
+        return USER_FIELDS["catchup_window"]
+    if not isinstance(value, str):
+        raise InvalidInput("catchup_window", "must be a duration like 6h")
+    try:
+        seconds = schedule.parse_duration(value).total_seconds()
+    except ValueError as exc:
+        raise InvalidInput("catchup_window", "must be a duration like 6h") from exc
+    if seconds <= 0:
+        raise InvalidInput("catchup_window", "must be positive")
+    return value
+
+
+def window_seconds(value: str | None) -> float:
+    """A stored ``catchup_window`` in seconds."""
+    if not value:
+        return DEFAULT_CATCHUP_WINDOW_S
+    return schedule.parse_duration(value).total_seconds()
 
 
 def _parent(body: dict[str, Any], name: str) -> str | None:
@@ -283,6 +318,7 @@ def as_json(job: dict[str, Any], now: datetime) -> dict[str, Any]:
     out["success_count"] = job.get("success_count", 0)
     out["error_count"] = job.get("error_count", 0)
     out["skip_count"] = job.get("skip_count", 0)
+    out["lost_count"] = job.get("lost_count", 0)
     out["last_success"] = _time_out(job.get("last_success"))
     out["last_error"] = _time_out(job.get("last_error"))
     out["status"] = job.get("status", "")
@@ -303,6 +339,7 @@ def execution_json(
             truncated = True
     return {
         "id": row["id"],
+        "group": row["group"],
         "job_name": row["job_name"],
         "scheduled_at": _time_out(row["scheduled_at"]),
         "started_at": _time_out(row["started_at"]),

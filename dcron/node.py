@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import json
 import logging
 import os
 import signal
@@ -20,7 +19,6 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
-from tornado.httpclient import AsyncHTTPClient
 from tornado.httpserver import HTTPServer
 from tornado.ioloop import IOLoop
 
@@ -29,6 +27,7 @@ from dcron.api import make_app
 from dcron.config import Config, check_data_dir
 from dcron.errors import Conflict, DcronError, NotFound, Unavailable
 from dcron.executor import Executor, RunResult, RunSpec
+from dcron.health import HealthMonitor
 from dcron.replication import (
     KeyRefused,
     RaftSettings,
@@ -42,9 +41,13 @@ from dcron.store import Store
 logger = logging.getLogger(__name__)
 
 FINISH_RETRY_S = 0.5
+# A run assigned to this node that has not started this long after its start
+# time never will: its fire reached the node in a snapshot, not as a command.
+STALE_RUN_S = 10.0
+# An agent that answered health this recently can be given a run.
+PLACEABLE_WITHIN_S = 3.0
 JOIN_TIMEOUT_S = 60.0
 JOIN_RETRY_S = 1.0
-HEALTH_TIMEOUT_S = 1.0
 EXIT_JOIN_FAILED = 1
 LEAVE_TIMEOUT_S = 5.0
 TERM_GRACE_S = 5.0
@@ -84,17 +87,23 @@ class Node:
             os.path.join(data_dir, "dcron.db"), self.config.store_max_bytes
         )
         self.store.on_applied = self._on_applied
+        self._monitor = HealthMonitor(
+            self.name, self.store.members, self._on_health_round
+        )
         self.scheduler = Scheduler(
-            self.store, self.submit, self.choose_node, self.config.executions_per_job
+            self.store, self.submit, self.place, self.config.executions_per_job
         )
         self._warn_if_open()
         partners = await self._partners()
+        # An agent follows the log as a pysyncobj read-only node: no raft
+        # address of its own, no vote.
+        raft_addr = self.config.raft_address if self.config.server else None
         self.replica = Replica(
             RaftSettings(
-                self_addr=self.config.raft_address,
+                self_addr=raft_addr,
                 partners=partners,
                 data_dir=data_dir,
-                bind_addr=self.config.raft_address,
+                bind_addr=raft_addr,
                 password=self.config.encrypt or None,
                 compaction_entries=self.config.raft_compaction_entries,
             ),
@@ -123,6 +132,8 @@ class Node:
         )
 
     def _warn_if_open(self) -> None:
+        if not self.config.server:
+            return
         host = self.config.raft_addr[0]
         if (
             not self.config.encrypt
@@ -148,15 +159,19 @@ class Node:
         cluster: it asks one of them for the cluster, has itself added as a
         voter, and starts with the whole list.
         """
-        me = self.config.raft_address
+        me = self.config.raft_address if self.config.server else ""
         join = tuple(dict.fromkeys(a for a in self.config.join if a != me))
         known = tuple(
             m["raft_addr"]
             for m in self.store.members()
             if m["server"] and not m["left"] and m["raft_addr"] != me
         )
-        if self.store.last_applied > 0:
+        if self.store.last_applied > 0 and (known or join):
             return known or join
+        if not self.config.server:
+            if not join:
+                raise JoinRefused("--join: an agent needs the raft address of a server")
+            return await self._loop.run_in_executor(None, self._find_servers, join)
         if not join:
             return ()
         if (
@@ -191,6 +206,26 @@ class Node:
                     )
                     return tuple(a for a in servers if a != me)
                 logger.warning("leader %s did not add %s: %s", leader, me, reply)
+            time.sleep(JOIN_RETRY_S)
+        raise JoinRefused(
+            f"no server of {', '.join(join)} answered within {JOIN_TIMEOUT_S:.0f}s"
+        )
+
+    def _find_servers(self, join: tuple[str, ...]) -> tuple[str, ...]:
+        """The voting servers an agent follows (worker thread)."""
+        password = self.config.encrypt or None
+        deadline = time.monotonic() + JOIN_TIMEOUT_S
+        while time.monotonic() < deadline and not self.stopping:
+            for addr in join:
+                try:
+                    leader, servers = cluster_of(addr, password)
+                except KeyRefused:
+                    raise JoinRefused(
+                        f"raft peer {addr} refused this node's encryption key; "
+                        "check --encrypt"
+                    ) from None
+                if leader is not None:
+                    return tuple(servers)
             time.sleep(JOIN_RETRY_S)
         raise JoinRefused(
             f"no server of {', '.join(join)} answered within {JOIN_TIMEOUT_S:.0f}s"
@@ -231,6 +266,7 @@ class Node:
         self.stopping = True
         if self.http is not None:
             self.http.stop()
+        self._monitor.stop()
         self.scheduler.stop()
         # Running jobs get the grace period to finish on their own; what is
         # still running then is terminated (SIGTERM, then SIGKILL).
@@ -254,9 +290,43 @@ class Node:
 
     def _on_leadership(self, leading: bool) -> None:
         if leading and self.ready and not self.stopping:
+            self._monitor.restart_grace()
             self.scheduler.start()
         elif not leading:
             self.scheduler.stop()
+
+    async def _on_health_round(self) -> None:
+        """After each health round: the leader closes the runs of dead nodes."""
+        if self.stopping or not self.ready:
+            return
+        await self._close_stale_runs(
+            "its fire reached this node but the run never started",
+            older_than=time.time() - STALE_RUN_S,
+        )
+        if not self.scheduler.running:
+            return
+        members = {m["name"]: m for m in self.store.members()}
+        lost: dict[str, list[str]] = {}
+        for run in self.store.open_executions():
+            member = members.get(run["node_name"])
+            if member is None or not self.alive(member):
+                lost.setdefault(run["node_name"], []).append(run["id"])
+        for node_name, ids in lost.items():
+            logger.warning(
+                "node %s is not answering: %d runs lost", node_name, len(ids)
+            )
+            stamp = schedule.format_time(datetime.now(UTC))
+            await self._submit_until_committed(
+                {
+                    "op": "interrupt",
+                    "status": "lost",
+                    "execution_ids": ids,
+                    "at": time.time(),
+                    "reason": f"\n[dcron: lost: node {node_name} stopped answering; "
+                    f"closed at {stamp}]\n",
+                    "retry_backoff": self.config.retry_backoff,
+                }
+            )
 
     async def _on_ready(self) -> None:
         """Caught up with the log: announce this node and close stale runs."""
@@ -264,34 +334,46 @@ class Node:
         member = {
             "name": self.name,
             "http_addr": f"{self.advertised_host()}:{self.http_port}",
-            "raft_addr": self.config.raft_address,
+            "raft_addr": self.config.raft_address if self.config.server else "",
             "tags": self.config.tags,
             "server": self.config.server,
         }
         await self._submit_until_committed(
             {"op": "member_up", "member": member, "at": time.time()}
         )
+        await self._close_stale_runs(
+            f"node {self.name} restarted while the job was running"
+        )
+        self._monitor.start()
+        if self.replica.is_leader():
+            self.scheduler.start()
+
+    async def _close_stale_runs(
+        self, why: str, older_than: float | None = None
+    ) -> None:
+        """Close runs the store assigns to this node but no process of ours runs.
+
+        After a restart these are the runs the old process left; later they
+        can only be runs whose fire reached this node through a snapshot.
+        """
         stale = [
             run["id"]
             for run in self.store.open_executions(self.name)
             if run["id"] not in self._runs
+            and (older_than is None or run["started_at"] < older_than)
         ]
-        if stale:
-            logger.warning(
-                "closing %d runs interrupted by a restart of %s", len(stale), self.name
-            )
-            await self._submit_until_committed(
-                {
-                    "op": "interrupt",
-                    "execution_ids": stale,
-                    "at": time.time(),
-                    "reason": f"\n[dcron: interrupted: node {self.name} restarted "
-                    "while the job was running]\n",
-                    "retry_backoff": self.config.retry_backoff,
-                }
-            )
-        if self.replica.is_leader():
-            self.scheduler.start()
+        if not stale:
+            return
+        logger.warning("closing %d runs on %s: %s", len(stale), self.name, why)
+        await self._submit_until_committed(
+            {
+                "op": "interrupt",
+                "execution_ids": stale,
+                "at": time.time(),
+                "reason": f"\n[dcron: interrupted: {why}]\n",
+                "retry_backoff": self.config.retry_backoff,
+            }
+        )
 
     def advertised_host(self) -> str:
         host = self.config.http_addr[0]
@@ -313,19 +395,22 @@ class Node:
             name = command["job"]["name"] if op == "put_job" else command["name"]
             loop.add_callback(self.scheduler.job_changed, name)
         elif op == "fire":
-            execution = result.get("execution")
-            if (
-                execution is not None
-                and execution["status"] == "running"
-                and execution["node_name"] == self.name
-                and self.ready
-            ):
-                loop.add_callback(self._start_run, execution, result["job"])
+            if not self.ready:
+                return
+            for execution in result.get("executions", ()):
+                if execution["node_name"] == self.name:
+                    loop.add_callback(self._start_run, execution, result["job"])
+            for old in result.get("replaced", ()):
+                if old["node_name"] == self.name:
+                    note = f"replaced by a newer run of job {command['job']}"
+                    loop.add_callback(self.executor.terminate, old["id"], note)
         elif op in ("finish", "interrupt"):
             loop.add_callback(self.scheduler.reload_pending)
             execution = result.get("execution")
             if execution is not None:
                 loop.add_callback(self.scheduler.job_changed, execution["job_name"])
+            for closed in result.get("closed", ()):
+                loop.add_callback(self.scheduler.job_changed, closed["job_name"])
 
     # ---- running jobs ------------------------------------------------------
 
@@ -381,6 +466,9 @@ class Node:
         scheduled = datetime.fromtimestamp(execution["scheduled_at"], UTC)
         env = jobs.env_dict(config.get("env") or {})
         env["DCRON_SCHEDULED_AT"] = schedule.format_time(scheduled) or ""
+        # Retries of a slot share the first attempt's id, so jobs can use it
+        # to make their work idempotent.
+        env["DCRON_EXECUTION_ID"] = execution["group"]
         env["DCRON_ATTEMPT"] = str(execution["attempt"])
         env["DCRON_NODE_NAME"] = self.name
         shell = config.get("shell", True)
@@ -412,33 +500,67 @@ class Node:
 
     # ---- placement ---------------------------------------------------------
 
-    def choose_node(self, job: dict[str, Any]) -> str | None:
-        """The node a run goes to: a member whose tags match, least busy first."""
-        wanted = {key: value.split(":")[0] for key, value in job["tags"].items()}
-        members = [
-            m for m in self.store.members() if not m["left"] and self._reachable(m)
-        ] or [{"name": self.name, "tags": self.config.tags}]
+    def place(self, job: dict[str, Any], avoid: str = "") -> list[str]:
+        """The nodes one run of ``job`` goes to.
+
+        Every tag key must match. A value ``web:2`` asks for two of the
+        matching nodes; tags without a count ask for every matching node, as in
+        Dkron; no tags at all ask for one node. Among the candidates the least
+        busy go first, taking turns, and ``avoid`` (where a failed attempt ran)
+        goes last.
+        """
+        wanted: dict[str, str] = {}
+        counts: list[int] = []
+        for key, value in job["tags"].items():
+            name, _, count = value.partition(":")
+            wanted[key] = name
+            if count.isdigit() and int(count) > 0:
+                counts.append(int(count))
         matching = [
             m["name"]
-            for m in members
-            if all(m["tags"].get(key) == value for key, value in wanted.items())
+            for m in self.store.members()
+            if self._placeable(m)
+            and all(m["tags"].get(key) == value for key, value in wanted.items())
         ]
         if not matching:
-            return None
+            return []
+        count = min(counts) if counts else (len(matching) if wanted else 1)
+
         busy: dict[str, int] = {}
         for run in self.store.open_executions():
             busy[run["node_name"]] = busy.get(run["node_name"], 0) + 1
-        least = min(busy.get(name, 0) for name in matching)
-        idle = sorted(name for name in matching if busy.get(name, 0) == least)
-        # Rotate among the least busy, so short runs spread over the nodes.
-        return idle[next(self._placements) % len(idle)]
+        turn = next(self._placements)
+        ranked = sorted(matching)
+        ranked = ranked[turn % len(ranked) :] + ranked[: turn % len(ranked)]
+        ranked.sort(key=lambda name: (name == avoid, busy.get(name, 0)))
+        return ranked[:count]
 
-    def _reachable(self, member: dict[str, Any]) -> bool:
-        """Whether raft currently has a connection to this member."""
+    def _placeable(self, member: dict[str, Any]) -> bool:
+        """Whether a run can go to a member now: stricter than ``alive``.
+
+        A server must have a raft link to us this moment; an agent must have
+        answered in the last couple of health rounds.
+        """
         if member["name"] == self.name:
             return True
-        key = f"partner_node_status_server_{member['raft_addr']}"
-        return bool(self.replica.status().get(key) == 2)
+        if member["left"]:
+            return False
+        if member["server"]:
+            key = f"partner_node_status_server_{member['raft_addr']}"
+            return bool(self.replica.status().get(key) == 2)
+        return self._monitor.seen_within(member["name"], PLACEABLE_WITHIN_S)
+
+    def alive(self, member: dict[str, Any]) -> bool:
+        """Whether a member answered lately (HTTP health or a raft link)."""
+        if member["name"] == self.name:
+            return True
+        if member["left"]:
+            return False
+        if member["server"]:
+            key = f"partner_node_status_server_{member['raft_addr']}"
+            if self.replica.status().get(key) == 2:
+                return True
+        return self._monitor.seen_within(member["name"], self.config.heartbeat_timeout)
 
     # ---- what the API shows ------------------------------------------------
 
@@ -472,18 +594,13 @@ class Node:
             },
         }
 
-    def _member_view(
-        self, member: dict[str, Any], health: dict[str, Any] | None
-    ) -> dict[str, Any]:
-        """A member as the API shows it; ``health`` is its /health answer."""
+    def _member_view(self, member: dict[str, Any]) -> dict[str, Any]:
+        """A member as the API shows it."""
         addr = member["raft_addr"]
         if member["left"]:
             status = "left"
-        elif member["name"] == self.name or health is not None:
-            status = "alive"
         else:
-            connected = self.replica.status().get(f"partner_node_status_server_{addr}")
-            status = "alive" if connected == 2 else "failed"
+            status = "alive" if self.alive(member) else "failed"
         if not member["server"]:
             role = "agent"
         elif member["left"]:
@@ -493,7 +610,8 @@ class Node:
         if member["name"] == self.name:
             applied: int | None = self.store.last_applied
         else:
-            applied = None if health is None else health.get("last_applied")
+            answer = self._monitor.last_answer(member["name"])
+            applied = None if answer is None else answer.get("last_applied")
         return {
             "name": member["name"],
             "http_addr": member["http_addr"],
@@ -506,30 +624,14 @@ class Node:
         }
 
     async def members(self) -> list[dict[str, Any]]:
-        """Every member, asking each other live one for its health at once."""
-        rows = self.store.members()
-        answers = await asyncio.gather(
-            *(self._health_of(m) for m in rows), return_exceptions=False
-        )
-        return [self._member_view(m, h) for m, h in zip(rows, answers, strict=True)]
-
-    async def _health_of(self, member: dict[str, Any]) -> dict[str, Any] | None:
-        if member["left"] or member["name"] == self.name:
-            return None
-        try:
-            response = await AsyncHTTPClient().fetch(
-                f"http://{member['http_addr']}/health", request_timeout=HEALTH_TIMEOUT_S
-            )
-            return dict(json.loads(response.body))
-        except Exception:
-            return None
+        return [self._member_view(m) for m in self.store.members()]
 
     def leader(self) -> dict[str, Any] | None:
         addr = self.replica.leader_addr()
         if addr is None:
             return None
         row = next((m for m in self.store.members() if m["raft_addr"] == addr), None)
-        return None if row is None else self._member_view(row, None)
+        return None if row is None else self._member_view(row)
 
     def leader_name(self) -> str | None:
         leader = self.leader()
@@ -591,7 +693,7 @@ class Node:
             raise NotFound(result["error"])
         logger.info("member %s removed from the cluster", name)
         member["left"] = True
-        return self._member_view(member, None)
+        return self._member_view(member)
 
     def running_output(self, execution_id: str) -> str | None:
         return self.executor.output_so_far(execution_id)

@@ -74,10 +74,10 @@ FAILURES = {
 
 @dataclass(frozen=True)
 class RaftSettings:
-    self_addr: str
+    self_addr: str | None  # None: a read-only node that follows without voting
     partners: tuple[str, ...]
     data_dir: str
-    bind_addr: str
+    bind_addr: str | None
     password: str | None = None
     compaction_entries: int = COMPACTION_MIN_ENTRIES
 

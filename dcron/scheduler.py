@@ -7,15 +7,18 @@ earliest entry; nothing polls the job table.
 
 A run exists only once its ``fire`` command is committed (shared/DESIGN.md,
 invariant 4). The scheduler commits the fire ``FIRE_LEAD_S`` before the slot,
-so the target node holds a committed decision when the slot arrives and starts
+so the target nodes hold a committed decision when the slot arrives and start
 the process on time instead of one commit late. Runs due in the same instant
-go out as one batch command: one commit for a burst, not one per job.
+go out as one batch command: one commit for a burst, not one per job. The
+fire names the target nodes, so every node agrees on where a run goes.
 
 Everything the scheduler needs is in the store (the newest slot fired per job,
-pending runs), so a new leader continues where the old one stopped
-(invariant 7). Catch-up when becoming leader: for each job, the most recent
-slot missed within ``CATCHUP_WINDOW_S`` runs once; older missed slots are
-recorded nowhere and do not run (the ``latest`` rule of docs/scheduling.md).
+owed runs), so a new leader continues where the old one stopped (invariant 7).
+Slots that fell due while no leader could fire them are handled by each job's
+``catchup`` policy when a node becomes leader (docs/scheduling.md): ``latest``
+runs the newest missed slot, ``all`` runs every missed slot within
+``catchup_window`` oldest first, ``skip`` runs none; every missed slot that
+does not run is recorded as ``lost`` with the reason.
 """
 
 from __future__ import annotations
@@ -30,20 +33,24 @@ from typing import Any
 
 from tornado.ioloop import IOLoop
 
-from dcron import schedule
+from dcron import jobs, schedule
 from dcron.errors import DcronError, InvalidInput
 from dcron.store import Store
 
 logger = logging.getLogger(__name__)
 
 FIRE_LEAD_S = 0.5
-CATCHUP_WINDOW_S = 24 * 3600.0
-# Bound on the schedule steps taken to find the latest missed slot; a denser
-# schedule is searched over its last minute only.
-CATCHUP_MAX_STEPS = 2000
+# Missed slots recorded one by one per job and catch-up; no schedule fires more
+# than once a second, so the newest ones lie within this many seconds.
+LOST_RECORD_LIMIT = 1000
+# Commands per batch: a burst of 10,000 runs commits in a few batches, and no
+# single raft entry grows past a few hundred kilobytes.
+BATCH_LIMIT = 500
+RESTART_AFTER_FAILURE_S = 1.0
 
 Submit = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
-ChooseNode = Callable[[dict[str, Any]], str | None]
+# (job, node to avoid if possible) -> the nodes a run goes to; [] when none match
+Place = Callable[[dict[str, Any], str], list[str]]
 
 
 def new_execution_id(at: float) -> str:
@@ -55,63 +62,84 @@ def fire_command(
     job: dict[str, Any],
     slot: float,
     trigger: str,
-    node: str | None,
+    nodes: list[str],
     keep: int,
     attempt: int = 1,
     pending_id: str | None = None,
     force: bool = False,
     start_at: float | None = None,
+    group: str | None = None,
 ) -> dict[str, Any]:
     """The ``fire`` command that creates one run of ``job`` for ``slot``.
 
-    The process starts at ``start_at``, which is the slot itself unless the run
-    is owed later than its slot (a retry waits out its backoff).
+    The run has one execution per node in ``nodes``; with no node, it is
+    recorded as failed with the reason. The processes start at ``start_at``,
+    which is the slot itself unless the run is owed later than its slot (a
+    retry waits out its backoff; a caught-up slot runs now).
     """
     now = time.time()
+    stamp = max(now, slot)
     command: dict[str, Any] = {
         "op": "fire",
         "job": job["name"],
         "scheduled_at": slot,
         "start_at": slot if start_at is None else start_at,
         "trigger": trigger,
-        "execution_id": new_execution_id(max(now, slot)),
-        "node": node,
+        "targets": [
+            {"node": node, "execution_id": new_execution_id(stamp)}
+            for node in nodes or [None]
+        ],
         "attempt": attempt,
         "at": now,
         "keep": keep,
     }
+    if not nodes:
+        command["no_target"] = (
+            f"failed: no live node matches the job's tags {job['tags']}"
+        )
     if pending_id is not None:
         command["pending_id"] = pending_id
+    if group is not None:
+        command["group"] = group
     if force:
         command["force"] = True
     return command
 
 
-def latest_missed(
-    parsed: schedule.Schedule, since: float, now: float
-) -> datetime | None:
-    """The newest slot after ``since`` and at or before ``now``, if any."""
-    start = max(since, now - CATCHUP_WINDOW_S)
-    for window_start in (start, max(since, now - 60.0)):
-        found = None
-        cursor = parsed.next_after(datetime.fromtimestamp(window_start, UTC))
-        for _ in range(CATCHUP_MAX_STEPS):
-            if cursor is None or cursor.timestamp() > now:
-                return found
-            found = cursor
-            cursor = parsed.next_after(cursor)
-    return None
+def missed_slots(
+    parsed: schedule.Schedule, since: float, until: float, limit: int | None
+) -> tuple[list[float], bool]:
+    """Slots after ``since`` and at or before ``until``, oldest first.
+
+    With a ``limit``, only the newest ``limit`` slots are returned and the flag
+    says whether older ones were left out.
+    """
+    begin = since
+    truncated = False
+    if limit is not None and until - since > limit:
+        # No schedule fires more than once a second: the newest `limit` slots
+        # all lie in the last `limit` seconds.
+        begin = until - limit
+        first = parsed.next_after(datetime.fromtimestamp(since, UTC))
+        truncated = first is not None and first.timestamp() <= begin
+    found: list[float] = []
+    cursor = parsed.next_after(datetime.fromtimestamp(begin, UTC))
+    while cursor is not None and cursor.timestamp() <= until:
+        found.append(cursor.timestamp())
+        cursor = parsed.next_after(cursor)
+    if limit is not None and len(found) > limit:
+        truncated = True
+        found = found[-limit:]
+    return found, truncated
 
 
 class Scheduler:
     """Fires due jobs while this node leads; idle otherwise."""
 
-    def __init__(
-        self, store: Store, submit: Submit, choose_node: ChooseNode, keep: int
-    ) -> None:
+    def __init__(self, store: Store, submit: Submit, place: Place, keep: int) -> None:
         self.store = store
         self.submit = submit
-        self.choose_node = choose_node
+        self.place = place
         self.keep = keep
         self.running = False
         self._heap: list[tuple[float, int, str, str]] = []
@@ -119,8 +147,10 @@ class Scheduler:
         self._counter = 0
         self._timer: object | None = None
         self._timer_at = float("inf")
+        self._restart: object | None = None
         self.fired = 0
         self.caught_up = 0
+        self.recorded_lost = 0
         self.failed_submits = 0
 
     # ---- lifecycle ---------------------------------------------------------
@@ -131,19 +161,12 @@ class Scheduler:
             return
         self.running = True
         now = time.time()
-        catch_up = []
+        catch_up: list[dict[str, Any]] = []
         for job in self.store.list_jobs():
-            missed = self._load_job(job, now)
-            if missed is not None:
-                catch_up.append(
-                    fire_command(
-                        job, missed, "schedule", self.choose_node(job), self.keep
-                    )
-                )
+            catch_up += self._load_job(job, now)
         self.reload_pending()
         if catch_up:
-            self.caught_up += len(catch_up)
-            logger.info("catching up %d missed slots", len(catch_up))
+            logger.info("catching up: %d commands for missed slots", len(catch_up))
             IOLoop.current().add_callback(self._submit_batch, catch_up)
         self._arm()
         logger.info("scheduler started with %d jobs", len(self._generation))
@@ -153,6 +176,9 @@ class Scheduler:
             return
         self.running = False
         self._cancel_timer()
+        if self._restart is not None:
+            IOLoop.current().remove_timeout(self._restart)
+            self._restart = None
         self._heap.clear()
         self._generation.clear()
         logger.info("scheduler stopped")
@@ -181,20 +207,63 @@ class Scheduler:
                 self._push(row["due_at"], "pending", row["id"])
         self._arm()
 
-    def _load_job(self, job: dict[str, Any], now: float) -> float | None:
-        """Plan a job's next slot; return the slot to catch up on, if any."""
+    def _load_job(self, job: dict[str, Any], now: float) -> list[dict[str, Any]]:
+        """Plan a job's next slot; return the commands that settle missed slots."""
         self._generation[job["name"]] = self._generation.get(job["name"], 0) + 1
-        missed = None
+        commands: list[dict[str, Any]] = []
         parsed = self._parse(job)
         since = job.get("last_scheduled_at") or job.get("updated_at")
         if parsed is not None and since is not None and not job["disabled"]:
-            slot = latest_missed(parsed, since, now)
-            if slot is not None and self._allowed(job, slot.timestamp()):
-                missed = slot.timestamp()
-        # Plan from now: every slot up to now was either fired, caught up
-        # above, or is older than the one caught up.
+            commands = self._catch_up(job, parsed, since, now)
+        # Plan from now: every slot up to now is settled by the commands above.
         self._plan(job, now)
-        return missed
+        return commands
+
+    def _catch_up(
+        self, job: dict[str, Any], parsed: schedule.Schedule, since: float, now: float
+    ) -> list[dict[str, Any]]:
+        """Commands for the slots after ``since`` that no leader fired."""
+        mode = job.get("catchup") or "latest"
+        window = jobs.window_seconds(job.get("catchup_window"))
+        start = max(since, now - window)
+        limit = None if mode == "all" else LOST_RECORD_LIMIT
+        slots, truncated = missed_slots(parsed, start, now, limit)
+        slots = [s for s in slots if self._allowed(job, s)]
+        first = parsed.next_after(datetime.fromtimestamp(since, UTC))
+        older = first is not None and first.timestamp() <= start
+        if not slots:
+            return []
+
+        run = {"latest": slots[-1:], "all": slots, "skip": []}[mode]
+        lost = [s for s in slots if s not in run]
+        commands: list[dict[str, Any]] = []
+        if lost:
+            reason = f"lost: no leader fired this slot; catchup is {mode}"
+            if truncated or older:
+                reason += (
+                    "; older slots since "
+                    f"{schedule.format_time(datetime.fromtimestamp(since, UTC))} "
+                    "were not run and are not listed"
+                )
+            self.recorded_lost += len(lost)
+            commands.append(
+                {
+                    "op": "miss",
+                    "job": job["name"],
+                    "slots": lost,
+                    "reason": reason,
+                    "id_prefix": new_execution_id(now),
+                    "at": now,
+                    "keep": self.keep,
+                }
+            )
+        for slot in run:
+            nodes = self.place(job, "")
+            commands.append(
+                fire_command(job, slot, "schedule", nodes, self.keep, start_at=now)
+            )
+        self.caught_up += len(run)
+        return commands
 
     def _parse(self, job: dict[str, Any]) -> schedule.Schedule | None:
         if not job["schedule"]:
@@ -281,13 +350,13 @@ class Scheduler:
         job = self.store.get_job(name)
         if job is None or job["disabled"]:
             return None
-        command = fire_command(job, slot, "schedule", self.choose_node(job), self.keep)
+        command = fire_command(job, slot, "schedule", self.place(job, ""), self.keep)
         job["last_scheduled_at"] = slot
         self._plan(job, slot)
         return command
 
     def _fire_pending(self, pending_id: str) -> dict | None:
-        row = next((p for p in self.store.pending() if p["id"] == pending_id), None)
+        row = self.store.get_pending(pending_id)
         if row is None:
             return None
         job = self.store.get_job(row["job_name"])
@@ -297,23 +366,41 @@ class Scheduler:
             job,
             row["scheduled_at"],
             row["trigger"],
-            self.choose_node(job),
+            self.place(job, row["avoid_node"]),
             self.keep,
             attempt=row["attempt"],
             pending_id=pending_id,
             start_at=row["due_at"],
+            group=row["group"] or None,
         )
 
     async def _submit_batch(self, commands: list[dict[str, Any]]) -> None:
-        command = (
-            commands[0] if len(commands) == 1 else {"op": "batch", "commands": commands}
-        )
-        try:
-            await self.submit(command)
-        except DcronError as exc:
-            # The slots stay unfired in the store; the next leader (or this
-            # one, re-elected) catches the latest of them up.
-            self.failed_submits += len(commands)
-            logger.warning("could not commit %d runs: %s", len(commands), exc)
+        for first in range(0, len(commands), BATCH_LIMIT):
+            chunk = commands[first : first + BATCH_LIMIT]
+            command = {"op": "batch", "commands": chunk} if len(chunk) > 1 else chunk[0]
+            try:
+                await self.submit(command)
+            except DcronError as exc:
+                self.failed_submits += len(chunk)
+                logger.warning("could not commit %d commands: %s", len(chunk), exc)
+                self._restart_soon()
+                return
+            self.fired += sum(1 for c in chunk if c["op"] == "fire")
+
+    def _restart_soon(self) -> None:
+        """Re-derive the plan from the store after a failed commit.
+
+        Whether the failed commands were committed is unknown; the store knows.
+        Restarting re-reads it, so a slot that did commit is not fired again
+        and one that did not is settled by the catch-up policy.
+        """
+        if not self.running or self._restart is not None:
             return
-        self.fired += len(commands)
+
+        def restart() -> None:
+            self._restart = None
+            if self.running:
+                self.stop()
+                self.start()
+
+        self._restart = IOLoop.current().call_later(RESTART_AFTER_FAILURE_S, restart)

@@ -60,6 +60,7 @@ class JobRow(BaseModel):
     success_count = pw.IntegerField(default=0)
     error_count = pw.IntegerField(default=0)
     skip_count = pw.IntegerField(default=0)
+    lost_count = pw.IntegerField(default=0)
     last_success = pw.DoubleField(null=True)
     last_error = pw.DoubleField(null=True)
     # The newest slot fired by schedule: a fire for this slot or an older one
@@ -74,8 +75,10 @@ class JobRow(BaseModel):
 
 class ExecutionRow(BaseModel):
     id = pw.TextField(primary_key=True)
+    # The first attempt's id, shared by the retries of the same slot.
+    group = pw.TextField()
     job_name = pw.TextField()
-    seq = pw.IntegerField()  # raft index * 1000 + position in a batch
+    seq = pw.IntegerField()  # (raft index * 1000 + position in a batch) * 100 + target
     scheduled_at = pw.DoubleField()
     started_at = pw.DoubleField(null=True)
     finished_at = pw.DoubleField(null=True)
@@ -103,6 +106,8 @@ class PendingRow(BaseModel):
     attempt = pw.IntegerField()
     scheduled_at = pw.DoubleField()
     origin = pw.TextField()  # the execution that caused it
+    group = pw.TextField(default="")  # for a retry: the group it continues
+    avoid_node = pw.TextField(default="")  # for a retry: where it failed
 
     class Meta:
         table_name = "pending"
@@ -274,67 +279,131 @@ class Store:
         return {"job": self.get_job(name)}
 
     def _apply_fire(self, seq: int, command: dict[str, Any]) -> Result:
-        """Create the execution of one run, or record why there is none."""
+        """Create the executions of one run of a job, or record why there are none.
+
+        A run has one execution per target node, all for the same slot. A
+        ``fire`` for a slot already fired (invariant 4), for an owed run already
+        fired, or for an execution id already stored changes nothing, so a
+        command submitted twice runs once.
+        """
         name = command["job"]
         row = JobRow.get_or_none(JobRow.name == name)
         if row is None:
             return {"ignored": "job deleted"}
         body = json.loads(row.body)
         slot = command["scheduled_at"]
-        trigger = command["trigger"]
+        targets = command["targets"]
+        ids = [target["execution_id"] for target in targets]
+        if ExecutionRow.select().where(ExecutionRow.id.in_(ids)).exists():
+            return {"ignored": "execution already fired"}
 
-        if trigger == "schedule":
+        if command["trigger"] == "schedule":
             if body["disabled"]:
                 return {"ignored": "job disabled"}
             if row.last_scheduled_at is not None and slot <= row.last_scheduled_at:
                 return {"ignored": "slot already fired"}
-            row.last_scheduled_at = slot
             JobRow.update(last_scheduled_at=slot).where(JobRow.name == name).execute()
         pending_id = command.get("pending_id")
         if pending_id is not None:
             if PendingRow.delete().where(PendingRow.id == pending_id).execute() == 0:
                 return {"ignored": "pending run already fired"}
 
-        base = {
-            "id": command["execution_id"],
-            "job_name": name,
-            "seq": seq,
-            "scheduled_at": slot,
-            "node_name": command["node"],
-            "attempt": command.get("attempt", 1),
-            "trigger": trigger,
-        }
-        if body["concurrency"] == "forbid" and not command.get("force"):
-            open_run = (
-                ExecutionRow.select(ExecutionRow.id)
-                .where(
-                    (ExecutionRow.job_name == name) & (ExecutionRow.status == "running")
-                )
-                .first()
+        def base(target: dict[str, Any], offset: int) -> dict[str, Any]:
+            return {
+                "id": target["execution_id"],
+                "group": command.get("group") or target["execution_id"],
+                "job_name": name,
+                "seq": seq * 100 + offset,
+                "scheduled_at": slot,
+                "node_name": target["node"] or "",
+                "attempt": command.get("attempt", 1),
+                "trigger": command["trigger"],
+            }
+
+        if targets[0]["node"] is None:
+            return self._close_at_once(
+                base(targets[0], 0), command, "failed", command["no_target"]
             )
-            if open_run is not None:
-                ExecutionRow.create(
-                    **base,
-                    status="skipped",
-                    success=False,
-                    finished_at=command["at"],
-                    output=f"skipped: execution {open_run.id} is still running "
-                    "and the job forbids concurrent runs",
-                )
-                JobRow.update(skip_count=JobRow.skip_count + 1).where(
-                    JobRow.name == name
-                ).execute()
-                self._prune(name, command["keep"])
-                return {
-                    "skipped": f"execution {open_run.id} still running",
-                    "execution": self.get_execution(name, base["id"]),
-                }
+        open_runs = [
+            r
+            for r in ExecutionRow.select(ExecutionRow.id, ExecutionRow.node_name).where(
+                (ExecutionRow.job_name == name) & (ExecutionRow.status == "running")
+            )
+        ]
+        policy = body["concurrency"]
+        if open_runs and policy == "forbid" and not command.get("force"):
+            reason = (
+                f"skipped: execution {open_runs[0].id} is still running and the "
+                "job forbids concurrent runs"
+            )
+            return self._close_at_once(base(targets[0], 0), command, "skipped", reason)
 
         start_at = command.get("start_at", slot)
-        ExecutionRow.create(**base, status="running", started_at=start_at)
+        for offset, target in enumerate(targets):
+            ExecutionRow.create(
+                **base(target, offset), status="running", started_at=start_at
+            )
         JobRow.update(status="running").where(JobRow.name == name).execute()
         self._prune(name, command["keep"])
-        return {"execution": self.get_execution(name, base["id"]), "job": body}
+        replaced = []
+        if open_runs and policy == "replace":
+            replaced = [{"id": r.id, "node_name": r.node_name} for r in open_runs]
+        return {
+            "executions": [self.get_execution(name, i) for i in ids],
+            "job": body,
+            "replaced": replaced,
+        }
+
+    def _close_at_once(
+        self, base: dict[str, Any], command: dict[str, Any], status: str, reason: str
+    ) -> Result:
+        """Record a run that never started: skipped by policy, or no node for it."""
+        ExecutionRow.create(
+            **base,
+            status=status,
+            success=False,
+            finished_at=command["at"],
+            output=reason,
+        )
+        counter = JobRow.skip_count if status == "skipped" else JobRow.error_count
+        updates: dict[Any, Any] = {counter: counter + 1}
+        if status == "failed":
+            updates[JobRow.last_error] = command["at"]
+            updates[JobRow.status] = "failed"
+        JobRow.update(updates).where(JobRow.name == base["job_name"]).execute()
+        self._prune(base["job_name"], command["keep"])
+        return {status: reason, "executions": [], "closed": base["id"]}
+
+    def _apply_miss(self, seq: int, command: dict[str, Any]) -> Result:
+        """Record slots no leader fired, and that the catch-up policy will not run."""
+        name = command["job"]
+        row = JobRow.get_or_none(JobRow.name == name)
+        if row is None:
+            return {"ignored": "job deleted"}
+        last = row.last_scheduled_at
+        slots = [s for s in command["slots"] if last is None or s > last]
+        for offset, slot in enumerate(slots):
+            execution_id = f"{command['id_prefix']}{offset:04d}"
+            ExecutionRow.create(
+                id=execution_id,
+                group=execution_id,
+                job_name=name,
+                seq=seq * 100 + min(offset, 99),
+                scheduled_at=slot,
+                node_name="",
+                trigger="schedule",
+                status="lost",
+                success=False,
+                finished_at=command["at"],
+                output=command["reason"],
+            )
+        if slots:
+            JobRow.update(
+                lost_count=JobRow.lost_count + len(slots),
+                last_scheduled_at=max(slots),
+            ).where(JobRow.name == name).execute()
+            self._prune(name, command["keep"])
+        return {"recorded": len(slots)}
 
     def _prune(self, name: str, keep: int) -> None:
         """Keep the newest ``keep`` finished executions of a job."""
@@ -405,6 +474,8 @@ class Store:
                 attempt=run.attempt + 1,
                 scheduled_at=run.scheduled_at,
                 origin=run.id,
+                group=run.group,
+                avoid_node=run.node_name,
             ).execute()
         if run.success:
             for child in JobRow.select().where(JobRow.parent_job == run.job_name):
@@ -421,19 +492,28 @@ class Store:
                 self._delete_job(run.job_name)
 
     def _apply_interrupt(self, seq: int, command: dict[str, Any]) -> Result:
-        """Close open executions whose process is gone (its node restarted)."""
+        """Close open executions whose process is gone.
+
+        ``status`` says why: ``interrupted`` when their node restarted, ``lost``
+        when their node stopped answering.
+        """
+        status = command.get("status", "interrupted")
         closed = []
         for execution_id in command["execution_ids"]:
             run = ExecutionRow.get_or_none(ExecutionRow.id == execution_id)
             if run is None or run.status != "running":
                 continue
-            run.status = "interrupted"
+            run.status = status
             run.success = False
             run.finished_at = command["at"]
             run.output = (run.output or "") + command["reason"]
             run.save()
+            if status == "lost":
+                JobRow.update(lost_count=JobRow.lost_count + 1).where(
+                    JobRow.name == run.job_name
+                ).execute()
             self._record_outcome(run, command)
-            closed.append(execution_id)
+            closed.append({"id": execution_id, "job_name": run.job_name})
         return {"closed": closed}
 
     def _apply_clear_executions(self, seq: int, command: dict[str, Any]) -> Result:
@@ -453,6 +533,7 @@ class Store:
             success_count=0,
             error_count=0,
             skip_count=0,
+            lost_count=0,
             last_success=None,
             last_error=None,
             status="running" if running else "",
@@ -495,6 +576,7 @@ class Store:
             success_count=row.success_count,
             error_count=row.error_count,
             skip_count=row.skip_count,
+            lost_count=row.lost_count,
             last_success=row.last_success,
             last_error=row.last_error,
             last_scheduled_at=row.last_scheduled_at,
@@ -551,6 +633,9 @@ class Store:
         if node_name is not None:
             query = query.where(ExecutionRow.node_name == node_name)
         return list(query.dicts())
+
+    def get_pending(self, pending_id: str) -> dict[str, Any] | None:
+        return PendingRow.select().where(PendingRow.id == pending_id).dicts().first()
 
     def pending(self) -> list[dict[str, Any]]:
         return list(PendingRow.select().order_by(PendingRow.due_at).dicts())

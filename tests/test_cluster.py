@@ -37,7 +37,12 @@ class TestForming:
         assert sorted(m["name"] for m in members) == ["n1", "n2", "n3"]
         assert [m["name"] for m in members if m["role"] == "leader"] == [leader.name]
         assert {m["status"] for m in members} == {"alive"}
-        assert all(isinstance(m["last_applied"], int) for m in members)
+        wait_until(
+            lambda: all(
+                isinstance(m["last_applied"], int)
+                for m in leader.client.get("/members").json
+            )
+        )
         for node in cluster.nodes:
             assert node.client.get("/leader").json["name"] == leader.name
             info = node.info()

@@ -209,13 +209,21 @@ class TestLifecycle:
         assert node.client.get("/").json["scheduler"]["caught_up"] == 1
         wait_until(lambda: len(node.client.finished("catchup")) >= 5, timeout=15)
         node.client.post("/jobs/catchup/toggle")
-        slots = [stamp(r["scheduled_at"]) for r in node.client.executions("catchup")]
-        assert len(slots) == len(set(slots))
-        # Only the newest missed slot runs: the process starts at least 0.4 s
+        runs = node.client.executions("catchup")
+        ran = [stamp(r["scheduled_at"]) for r in runs if r["status"] != "lost"]
+        lost = [r for r in runs if r["status"] == "lost"]
+        assert len(ran) == len(set(ran))
+        # Only the newest missed slot runs: the process starts at least 0.1 s
         # after restarted_at (an election), so older missed slots lie before
-        # restarted_at - 1 and must not have run.
-        assert [s for s in slots if stopped_at < s < restarted_at - 1] == []
-        assert any(restarted_at - 1 <= s < restarted_at + 2 for s in slots)
+        # restarted_at - 1 and must not have run...
+        assert [s for s in ran if stopped_at < s < restarted_at - 1] == []
+        assert any(restarted_at - 1 <= s < restarted_at + 2 for s in ran)
+        # ...but they are recorded as lost, with the reason, so every slot
+        # from the first to the last is accounted for exactly once.
+        assert lost and all(r["output"].startswith("lost: no leader") for r in lost)
+        every = sorted(ran + [stamp(r["scheduled_at"]) for r in lost])
+        assert every == [float(s) for s in range(int(every[0]), int(every[-1]) + 1)]
+        assert node.client.get("/jobs/catchup").json["lost_count"] == len(lost)
 
 
 def stamp(text: str) -> float:

@@ -53,7 +53,7 @@ BAD_BODIES = [
         "unknown concurrency",
         job("v-c", concurrency="sometimes"),
         400,
-        "concurrency: must be one of allow, forbid",
+        "concurrency: must be one of allow, forbid, replace",
     ),
     ("unknown executor", job("v-e", executor="docker"), 400, "executor:"),
     (
