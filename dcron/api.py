@@ -59,6 +59,7 @@ class NodeView(Protocol):
     def leader(self) -> dict[str, Any] | None: ...
     def place(self, job: dict[str, Any], avoid: str = "") -> list[str]: ...
     def running_output(self, execution_id: str) -> str | None: ...
+    async def remote_output(self, execution: dict[str, Any]) -> str | None: ...
 
     @property
     def config(self) -> Any: ...
@@ -323,11 +324,19 @@ class ExecutionsHandler(BaseHandler):
 
 
 class ExecutionHandler(ExecutionsHandler):
-    def get(self, name: str, execution_id: str) -> None:  # type: ignore[override]
+    async def get(self, name: str, execution_id: str) -> None:  # type: ignore[override]
         self.job_or_404(name)
         row = self.node.store.get_execution(name, execution_id)
         if row is None:
             raise NotFound(f"execution {execution_id} of job {name} not found")
+        # A run's output lives with its process until it finishes: ask the
+        # node running it (``local`` stops the question going round).
+        local = self.get_query_argument("local", "") == "true"
+        if row["status"] == "running" and row["node_name"] != self.node.name:
+            if not local:
+                so_far = await self.node.remote_output(row)
+                if so_far is not None:
+                    row = dict(row, output=so_far)
         self.send(self._with_output(row, None))
 
 

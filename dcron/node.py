@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import logging
 import os
 import signal
@@ -19,6 +20,7 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
+from tornado.httpclient import AsyncHTTPClient
 from tornado.httpserver import HTTPServer
 from tornado.ioloop import IOLoop
 
@@ -697,6 +699,24 @@ class Node:
 
     def running_output(self, execution_id: str) -> str | None:
         return self.executor.output_so_far(execution_id)
+
+    async def remote_output(self, execution: dict[str, Any]) -> str | None:
+        """The output so far of a run going on another node, from that node."""
+        member = next(
+            (m for m in self.store.members() if m["name"] == execution["node_name"]),
+            None,
+        )
+        if member is None or not member["http_addr"]:
+            return None
+        url = (
+            f"http://{member['http_addr']}/jobs/{execution['job_name']}"
+            f"/executions/{execution['id']}?local=true"
+        )
+        try:
+            response = await AsyncHTTPClient().fetch(url, request_timeout=2.0)
+            return str(json.loads(response.body)["output"])
+        except Exception:
+            return None
 
 
 async def serve(config: Config) -> int:

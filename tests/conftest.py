@@ -104,9 +104,12 @@ class Client:
 class NodeProcess:
     """One ``dcron agent`` process with its own data dir and ports."""
 
-    def __init__(self, data_dir: Path, name: str = "n1", *extra: str) -> None:
+    def __init__(
+        self, data_dir: Path, name: str = "n1", *extra: str, server: bool = True
+    ) -> None:
         self.data_dir = data_dir
         self.name = name
+        self.server = server
         self.extra = list(extra)
         self.http_port = free_port()
         self.raft_port = free_port()
@@ -119,7 +122,7 @@ class NodeProcess:
             sys.executable,
             str(ROOT / "dcron.py"),
             "agent",
-            "--server",
+            *(["--server"] if self.server else []),
             "--node-name",
             self.name,
             "--data-dir",
@@ -201,7 +204,9 @@ class Cluster:
                 if other is not node
                 for arg in ("--join", other.raft_addr)
             ]
-            node.extra = [*joins, "--bootstrap-expect", str(size), *extra]
+            expect = ["--bootstrap-expect", str(size)] if size > 1 else []
+            node.extra = [*joins, *expect, *extra]
+        self.extra_shared = list(extra)
 
     def start(self) -> Cluster:
         for node in self.nodes:
@@ -209,6 +214,23 @@ class Cluster:
         for node in self.nodes:
             node.wait_ready()
         return self
+
+    def add_agent(self, name: str, *extra: str) -> NodeProcess:
+        """Start an agent that joins through the first server."""
+        agent = NodeProcess(
+            self.base / f"{name}.data",
+            name,
+            "--join",
+            self.nodes[0].raft_addr,
+            *self.extra_shared,
+            *extra,
+            server=False,
+        )
+        self.nodes.append(agent)
+        return agent.start()
+
+    def servers(self) -> list[NodeProcess]:
+        return [n for n in self.nodes if n.server]
 
     def node(self, name: str) -> NodeProcess:
         return next(n for n in self.nodes if n.name == name)
@@ -232,7 +254,7 @@ class Cluster:
 
     def followers(self) -> list[NodeProcess]:
         leader = self.leader()
-        return [n for n in self.running() if n is not leader]
+        return [n for n in self.running() if n is not leader and n.server]
 
     def running(self) -> list[NodeProcess]:
         return [n for n in self.nodes if n.running()]
