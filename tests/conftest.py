@@ -206,7 +206,12 @@ class Cluster:
             ]
             expect = ["--bootstrap-expect", str(size)] if size > 1 else []
             node.extra = [*joins, *expect, *extra]
-        self.extra_shared = list(extra)
+        # Agents share the cluster's settings but not the servers' tags.
+        self.extra_shared = [
+            arg
+            for i, arg in enumerate(extra)
+            if arg != "--tag" and (i == 0 or extra[i - 1] != "--tag")
+        ]
 
     def start(self) -> Cluster:
         for node in self.nodes:
