@@ -65,8 +65,13 @@ class HealthMonitor:
         for member in self.members():
             self._seen[member["name"]] = max(self._seen.get(member["name"], 0), now)
 
-    def seen_within(self, name: str, timeout: float) -> bool:
-        seen = self._seen.get(name, self._started_at)
+    def seen_within(self, name: str, timeout: float, announced: float = 0.0) -> bool:
+        """Whether ``name`` answered in the last ``timeout`` seconds.
+
+        ``announced`` is when the member last announced itself through the
+        log; a member that just did counts as seen even before the first probe.
+        """
+        seen = max(self._seen.get(name, self._started_at), announced)
         return time.time() - seen <= timeout
 
     def last_answer(self, name: str) -> dict[str, Any] | None:

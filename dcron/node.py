@@ -550,7 +550,9 @@ class Node:
         if member["server"]:
             key = f"partner_node_status_server_{member['raft_addr']}"
             return bool(self.replica.status().get(key) == 2)
-        return self._monitor.seen_within(member["name"], PLACEABLE_WITHIN_S)
+        return self._monitor.seen_within(
+            member["name"], PLACEABLE_WITHIN_S, member["updated_at"]
+        )
 
     def alive(self, member: dict[str, Any]) -> bool:
         """Whether a member answered lately (HTTP health or a raft link)."""
@@ -562,7 +564,9 @@ class Node:
             key = f"partner_node_status_server_{member['raft_addr']}"
             if self.replica.status().get(key) == 2:
                 return True
-        return self._monitor.seen_within(member["name"], self.config.heartbeat_timeout)
+        return self._monitor.seen_within(
+            member["name"], self.config.heartbeat_timeout, member["updated_at"]
+        )
 
     # ---- what the API shows ------------------------------------------------
 
