@@ -294,3 +294,33 @@ class TestCatchUp:
         ran, lost = gap("skip")
         assert ran == [] and len(lost) >= 3
         assert all("catchup is skip" in r["output"] for r in lost)
+
+
+class TestRetries:
+    def test_a_leader_change_mid_backoff_neither_loses_nor_doubles_the_retry(
+        self, make_cluster
+    ):
+        cluster = make_cluster(3, "--retry-backoff", "4")
+        leader = cluster.leader()
+        leader.client.post("/jobs", job("patient", command="exit 3", retries=1))
+        leader.client.post("/jobs/patient/run")
+        wait_until(lambda: leader.client.finished("patient"))
+        leader.kill()
+
+        new = cluster.leader()
+        runs = wait_until(
+            lambda: (
+                len(new.client.finished("patient")) == 2
+                and new.client.finished("patient")
+            ),
+            timeout=20,
+        )
+        first, retry = sorted(runs, key=lambda r: r["attempt"])
+        assert (first["attempt"], retry["attempt"]) == (1, 2)
+        assert retry["trigger"] == "retry"
+        assert retry["group"] == first["id"]
+        assert stamp(retry["started_at"]) >= stamp(first["finished_at"]) + 4
+        # Nothing else is owed: no third run appears.
+        settle = time.monotonic()
+        wait_until(lambda: time.monotonic() > settle + 2, timeout=5)
+        assert len(new.client.executions("patient")) == 2
