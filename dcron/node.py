@@ -48,6 +48,7 @@ FINISH_RETRY_S = 0.5
 STALE_RUN_S = 10.0
 # An agent that answered health this recently can be given a run.
 PLACEABLE_WITHIN_S = 3.0
+PLACEMENT_CACHE_S = 0.2
 JOIN_TIMEOUT_S = 60.0
 JOIN_RETRY_S = 1.0
 EXIT_JOIN_FAILED = 1
@@ -71,6 +72,9 @@ class Node:
         self.started_at = time.time()
         self._runs: set[str] = set()
         self._placements = itertools.count()
+        self._placement_cache: (
+            tuple[float, list[dict[str, Any]], dict[str, int]] | None
+        ) = None
         self._stopped = asyncio.Event()
         self.store: Store
         self.replica: Replica
@@ -518,24 +522,39 @@ class Node:
             wanted[key] = name
             if count.isdigit() and int(count) > 0:
                 counts.append(int(count))
+        candidates, busy = self._placement_view()
         matching = [
             m["name"]
-            for m in self.store.members()
-            if self._placeable(m)
-            and all(m["tags"].get(key) == value for key, value in wanted.items())
+            for m in candidates
+            if all(m["tags"].get(key) == value for key, value in wanted.items())
         ]
         if not matching:
             return []
         count = min(counts) if counts else (len(matching) if wanted else 1)
 
-        busy: dict[str, int] = {}
-        for run in self.store.open_executions():
-            busy[run["node_name"]] = busy.get(run["node_name"], 0) + 1
         turn = next(self._placements)
         ranked = sorted(matching)
         ranked = ranked[turn % len(ranked) :] + ranked[: turn % len(ranked)]
         ranked.sort(key=lambda name: (name == avoid, busy.get(name, 0)))
         return ranked[:count]
+
+    def _placement_view(self) -> tuple[list[dict[str, Any]], dict[str, int]]:
+        """The members a run can go to and their open runs, briefly cached.
+
+        A burst places thousands of runs in one IOLoop turn; reading members,
+        raft status and open runs once for all of them keeps placement cheap.
+        The rotation in ``place`` spreads a burst even though its counts are
+        shared.
+        """
+        now = time.monotonic()
+        if self._placement_cache is not None and now < self._placement_cache[0]:
+            return self._placement_cache[1], self._placement_cache[2]
+        candidates = [m for m in self.store.members() if self._placeable(m)]
+        busy: dict[str, int] = {}
+        for run in self.store.open_executions():
+            busy[run["node_name"]] = busy.get(run["node_name"], 0) + 1
+        self._placement_cache = (now + PLACEMENT_CACHE_S, candidates, busy)
+        return candidates, busy
 
     def _placeable(self, member: dict[str, Any]) -> bool:
         """Whether a run can go to a member now: stricter than ``alive``.
