@@ -24,7 +24,7 @@ from tornado.httpclient import AsyncHTTPClient
 from tornado.httpserver import HTTPServer
 from tornado.ioloop import IOLoop
 
-from dcron import __version__, jobs, schedule
+from dcron import __version__, jobs, schedule, systemd
 from dcron.api import make_app
 from dcron.config import Config, check_data_dir
 from dcron.errors import Conflict, DcronError, NotFound, Unavailable
@@ -88,6 +88,7 @@ class Node:
 
     async def start(self) -> None:
         self._loop = IOLoop.current()
+        systemd.claim_socket()
         data_dir = check_data_dir(self.config.data_dir)
         self.store = Store(
             os.path.join(data_dir, "dcron.db"), self.config.store_max_bytes
@@ -270,6 +271,7 @@ class Node:
         if self.stopping:
             return
         self.stopping = True
+        systemd.notify("STOPPING=1")
         if self.http is not None:
             self.http.stop()
         self._monitor.stop()
@@ -353,6 +355,7 @@ class Node:
         self._monitor.start()
         if self.replica.is_leader():
             self.scheduler.start()
+        systemd.notify(f"READY=1\nSTATUS=node {self.name} serving")
 
     async def _close_stale_runs(
         self, why: str, older_than: float | None = None
