@@ -10,6 +10,7 @@ the three can never disagree.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import socket
@@ -479,6 +480,78 @@ def reference_markdown() -> str:
             f"| {_show(setting)} | {setting.help} |"
         )
     return "\n".join(lines) + "\n"
+
+
+SAMPLE_TOML_INTRO = """\
+# dcron settings: /etc/dcron/dcron.toml, read by the packaged service
+# (build/dcron.service runs `dcron agent --config /etc/dcron/dcron.toml`).
+#
+# Every setting of a node is below with its default. A line "# key = value"
+# shows the default; remove the "# " to change it. Each setting is also a flag
+# and a DCRON_* environment variable: a flag beats the environment, which beats
+# this file, which beats the default. Durations take seconds (2.5) or Go
+# durations ("1m30s"). The full reference is docs/settings.md.
+#
+# Once it holds the raft key (encrypt), keep this file from other users:
+#   chown root:dcron /etc/dcron/dcron.toml && chmod 640 /etc/dcron/dcron.toml
+#
+# Generated from the settings table in dcron/config.py; a test fails when the
+# two disagree. Regenerate it with:
+#   python -c 'import dcron.config as c; print(c.sample_toml(), end="")' \\
+#     > build/dcron.toml
+"""
+
+# What the packaged service sets: its data lives in systemd's StateDirectory.
+SERVICE_SETTINGS: dict[str, Any] = {"data_dir": "/var/lib/dcron"}
+
+
+def sample_toml(active: Mapping[str, Any] = SERVICE_SETTINGS) -> str:
+    """build/dcron.toml: every setting with its default, generated from SETTINGS.
+
+    Defaults are commented out; the keys in ``active`` are set to their value.
+    """
+    blocks = [SAMPLE_TOML_INTRO]
+    for setting in SETTINGS:
+        key = "tags" if setting.name == "tag" else setting.attr
+        lines = [
+            f"# {setting.help[0].upper()}{setting.help[1:]}.",
+            f"# Flag --{setting.name}, environment {setting.env}; "
+            f"default: {_show(setting)}.",
+            f"# {key} = {_toml_default(setting)}",
+        ]
+        if setting.name == "tag":
+            lines.insert(2, '# As a table: tags = { role = "web", zone = "a" }.')
+        elif setting.repeatable:
+            lines.insert(2, f'# As a list: {key} = ["{setting.metavar}", ...].')
+        if setting.attr in active:
+            lines.append(f"{key} = {_toml_value(active[setting.attr])}")
+        blocks.append("\n".join(lines) + "\n")
+    return "\n".join(blocks)
+
+
+def _toml_default(setting: Setting) -> str:
+    if setting.name == "tag":
+        return "{}"
+    if setting.repeatable:
+        return "[]"
+    if isinstance(setting.default, tuple):
+        return _toml_value("{}:{}".format(*setting.default))
+    if setting.default == "":
+        try:
+            setting.parse("")
+        except ValueError:
+            # No text stands for this default (the host name): show the form.
+            return _toml_value(setting.metavar)
+    return _toml_value(setting.default)
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    # A JSON string is a TOML basic string for the text settings take.
+    return json.dumps(str(value))
 
 
 if __name__ == "__main__":
