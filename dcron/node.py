@@ -414,12 +414,8 @@ class Node:
                     note = f"replaced by a newer run of job {command['job']}"
                     loop.add_callback(self.executor.terminate, old["id"], note)
         elif op in ("finish", "interrupt"):
+            # A closed run may owe a retry or dependents' runs.
             loop.add_callback(self.scheduler.reload_pending)
-            execution = result.get("execution")
-            if execution is not None:
-                loop.add_callback(self.scheduler.job_changed, execution["job_name"])
-            for closed in result.get("closed", ()):
-                loop.add_callback(self.scheduler.job_changed, closed["job_name"])
 
     # ---- running jobs ------------------------------------------------------
 
@@ -680,7 +676,10 @@ class Node:
         await self._submit_until_committed(
             {"op": "member_left", "name": self.name, "at": time.time()}
         )
-        others = [str(n.id) for n in self.replica.otherNodes]
+        # An agent holds no vote: marking it left is all there is to do.
+        others = (
+            [str(n.id) for n in self.replica.otherNodes] if self.config.server else []
+        )
         if self.replica.is_leader() and others:
             # A leader cannot commit its own removal safely: hand over first.
             self.replica.transferLeadership()

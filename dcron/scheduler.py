@@ -144,6 +144,7 @@ class Scheduler:
         self.running = False
         self._heap: list[tuple[float, int, str, str]] = []
         self._generation: dict[str, int] = {}
+        self._fired_upto: dict[str, float] = {}
         self._counter = 0
         self._timer: object | None = None
         self._timer_at = float("inf")
@@ -181,6 +182,7 @@ class Scheduler:
             self._restart = None
         self._heap.clear()
         self._generation.clear()
+        self._fired_upto.clear()
         logger.info("scheduler stopped")
 
     # ---- keeping the heap current -------------------------------------------
@@ -282,7 +284,9 @@ class Scheduler:
         parsed = self._parse(job)
         if parsed is None:
             return
-        after = now
+        # A fire this scheduler submitted may not be committed yet; planning
+        # from the store alone would plan its slot again.
+        after = max(now, self._fired_upto.get(job["name"], now))
         if job.get("last_scheduled_at") is not None:
             after = max(after, job["last_scheduled_at"])
         slot = parsed.next_after(datetime.fromtimestamp(after, UTC))
@@ -351,6 +355,7 @@ class Scheduler:
         if job is None or job["disabled"]:
             return None
         command = fire_command(job, slot, "schedule", self.place(job, ""), self.keep)
+        self._fired_upto[name] = slot
         job["last_scheduled_at"] = slot
         self._plan(job, slot)
         return command

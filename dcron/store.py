@@ -179,21 +179,28 @@ class Store:
             with database.atomic():
                 result = self._dispatch(index * 1000, command)
                 Meta.replace(key="last_applied", value=str(index)).execute()
+        except pw.IntegrityError:
+            # A constraint broken by the command itself is deterministic: every
+            # node refuses it alike. Handled with the other bugs below.
+            result = self._skip_broken(index, command)
         except (pw.OperationalError, pw.DatabaseError, OSError) as exc:
             raise FatalStoreError(f"cannot apply index {index}: {exc}") from exc
         except Exception:
             # A bug, not the environment: every node fails the same way on the
             # same command, so record it as applied and move on rather than
             # wedge the log (shared/PYSYNCOBJ.md, trap 2).
-            logger.exception("command at index %d failed: %s", index, command)
-            with database.atomic():
-                Meta.replace(key="last_applied", value=str(index)).execute()
-            result = {"error": "internal error applying command", "status": 500}
+            result = self._skip_broken(index, command)
 
         self.last_applied = index
         if self.on_applied is not None:
             self.on_applied(command, result)
         return result
+
+    def _skip_broken(self, index: int, command: dict[str, Any]) -> Result:
+        logger.exception("command at index %d failed: %s", index, command.get("op"))
+        with database.atomic():
+            Meta.replace(key="last_applied", value=str(index)).execute()
+        return {"error": "internal error applying command", "status": 500}
 
     def _dispatch(self, seq: int, command: dict[str, Any]) -> Result:
         """Run one command; ``seq`` orders the rows it creates across the log."""
