@@ -13,6 +13,7 @@ import pytest
 from conftest import ROOT, START_TIMEOUT_S, NodeProcess, job, wait_until
 
 BINARY = ROOT / "dist" / "dcron"
+STOP_TIMEOUT_S = 30.0
 
 pytestmark = pytest.mark.skipif(
     not BINARY.exists(), reason="dist/dcron is not built; run build/build.sh"
@@ -25,6 +26,16 @@ class BinaryNode(NodeProcess):
     def args(self) -> list[str]:
         # The same arguments, without the interpreter and dcron.py.
         return [str(BINARY), *super().args()[2:]]
+
+    def kill(self) -> None:
+        # SIGKILL would stop only the launcher: the node runs in its child and
+        # would live on, its unpacked files left behind. SIGTERM reaches both.
+        assert self.proc is not None
+        self.proc.terminate()
+        try:
+            self.proc.wait(STOP_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            super().kill()
 
 
 def run_binary(*args: str) -> subprocess.CompletedProcess:
