@@ -414,8 +414,11 @@ class Node:
                     note = f"replaced by a newer run of job {command['job']}"
                     loop.add_callback(self.executor.terminate, old["id"], note)
         elif op in ("finish", "interrupt"):
-            # A closed run may owe a retry or dependents' runs.
+            # A closed run may owe a retry or dependents' runs, and the first
+            # success of an ephemeral job deletes it.
             loop.add_callback(self.scheduler.reload_pending)
+            if "deleted_job" in result:
+                loop.add_callback(self.scheduler.job_changed, result["deleted_job"])
 
     # ---- running jobs ------------------------------------------------------
 

@@ -145,6 +145,9 @@ class Scheduler:
         self._heap: list[tuple[float, int, str, str]] = []
         self._generation: dict[str, int] = {}
         self._fired_upto: dict[str, float] = {}
+        # The jobs as last read from the store, so a burst fires without a
+        # query per job; job_changed keeps them current.
+        self._jobs: dict[str, dict[str, Any]] = {}
         self._counter = 0
         self._timer: object | None = None
         self._timer_at = float("inf")
@@ -183,6 +186,7 @@ class Scheduler:
         self._heap.clear()
         self._generation.clear()
         self._fired_upto.clear()
+        self._jobs.clear()
         logger.info("scheduler stopped")
 
     # ---- keeping the heap current -------------------------------------------
@@ -195,7 +199,9 @@ class Scheduler:
         self._generation[name] = self._generation.get(name, 0) + 1
         if job is None:
             self._generation.pop(name)
+            self._jobs.pop(name, None)
             return
+        self._jobs[name] = job
         self._plan(job, time.time())
         self._arm()
 
@@ -203,7 +209,11 @@ class Scheduler:
         """Queue every run the store says is owed (retries, dependents)."""
         if not self.running:
             return
-        queued = {key for _, _, kind, key in self._heap if kind == "pending"}
+        queued = {
+            tagged.partition("|")[2]
+            for _, _, kind, tagged in self._heap
+            if kind == "pending"
+        }
         for row in self.store.pending():
             if row["id"] not in queued:
                 self._push(row["due_at"], "pending", row["id"])
@@ -212,6 +222,7 @@ class Scheduler:
     def _load_job(self, job: dict[str, Any], now: float) -> list[dict[str, Any]]:
         """Plan a job's next slot; return the commands that settle missed slots."""
         self._generation[job["name"]] = self._generation.get(job["name"], 0) + 1
+        self._jobs[job["name"]] = job
         commands: list[dict[str, Any]] = []
         parsed = self._parse(job)
         since = job.get("last_scheduled_at") or job.get("updated_at")
@@ -351,7 +362,7 @@ class Scheduler:
     def _fire_job(self, name: str, generation: int, slot: float) -> dict | None:
         if self._generation.get(name) != generation:
             return None  # the job changed since this entry was planned
-        job = self.store.get_job(name)
+        job = self._jobs.get(name)
         if job is None or job["disabled"]:
             return None
         command = fire_command(job, slot, "schedule", self.place(job, ""), self.keep)

@@ -442,15 +442,17 @@ class Store:
         run.output = command.get("output", "")
         run.output_truncated = bool(command.get("output_truncated"))
         run.save()
-        self._record_outcome(run, command)
+        if self._record_outcome(run, command):
+            return {"deleted_job": run.job_name}
         if "keep" in command:
             self._prune(run.job_name, command["keep"])
         return {"execution": self.get_execution(run.job_name, run.id)}
 
-    def _record_outcome(self, run: ExecutionRow, command: dict[str, Any]) -> None:
+    def _record_outcome(self, run: ExecutionRow, command: dict[str, Any]) -> bool:
+        """Update the job after a run closed; True if that deleted the job."""
         row = JobRow.get_or_none(JobRow.name == run.job_name)
         if row is None:
-            return
+            return False
         body = json.loads(row.body)
         still_open = (
             ExecutionRow.select()
@@ -497,6 +499,8 @@ class Store:
                 ).execute()
             if body["ephemeral"] and not self.dependents(run.job_name):
                 self._delete_job(run.job_name)
+                return True
+        return False
 
     def _apply_interrupt(self, seq: int, command: dict[str, Any]) -> Result:
         """Close open executions whose process is gone.
