@@ -240,6 +240,13 @@ SETTINGS: tuple[Setting, ...] = (
         "BYTES",
     ),
     Setting(
+        "max-pending-commands",
+        "commands waiting for raft before new writes get 503",
+        10000,
+        parse_positive_int,
+        "N",
+    ),
+    Setting(
         "heartbeat-timeout",
         "seconds without an answer before a node is taken for dead and its "
         "runs are closed as lost",
@@ -291,6 +298,7 @@ class Config:
     shutdown_grace: float
     retry_backoff: float
     max_body_bytes: int
+    max_pending_commands: int
     heartbeat_timeout: float
     encrypt: str
     raft_compaction_entries: int

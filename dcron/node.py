@@ -113,6 +113,7 @@ class Node:
                 bind_addr=raft_addr,
                 password=self.config.encrypt or None,
                 compaction_entries=self.config.raft_compaction_entries,
+                max_pending=self.config.max_pending_commands,
             ),
             self.store,
             on_state_changed=self._on_leadership,

@@ -80,6 +80,7 @@ class RaftSettings:
     bind_addr: str | None
     password: str | None = None
     compaction_entries: int = COMPACTION_MIN_ENTRIES
+    max_pending: int = 10000
 
 
 class Replica(SyncObj):  # type: ignore[misc]
@@ -118,6 +119,7 @@ class Replica(SyncObj):  # type: ignore[misc]
             onStateChanged=self._state_changed,
             onReady=self._ready,
             password=settings.password,
+            commandsQueueSize=settings.max_pending,
         )
         super().__init__(settings.self_addr, list(settings.partners), conf=conf)
 

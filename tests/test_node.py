@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 
 import pytest
@@ -228,6 +229,21 @@ class TestLifecycle:
 
 def stamp(text: str) -> float:
     return datetime.fromisoformat(text).timestamp()
+
+
+def test_writes_beyond_the_pending_command_bound_get_503(make_node):
+    node = make_node("--max-pending-commands", "1")
+    with ThreadPoolExecutor(max_workers=40) as pool:
+        responses = list(
+            pool.map(lambda i: node.client.post("/jobs", job(f"burst-{i}")), range(200))
+        )
+    refused = [i for i, r in enumerate(responses) if r.status == 503]
+    accepted = [i for i, r in enumerate(responses) if r.status == 201]
+    assert refused and accepted
+    assert len(refused) + len(accepted) == 200
+    assert responses[refused[0]].json == {"error": "too many pending commands"}
+    stored = {j["name"] for j in node.client.get("/jobs").json}
+    assert stored == {f"burst-{i}" for i in accepted}
 
 
 def test_an_unencrypted_raft_address_beyond_loopback_is_warned_about(make_node):
