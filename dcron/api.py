@@ -22,6 +22,7 @@ from typing import Any, Protocol
 
 import tornado.web
 from tornado.ioloop import IOLoop
+from tornado.iostream import StreamClosedError
 
 from dcron import jobs, scheduler
 from dcron.errors import DcronError, InvalidInput, NotFound, TooLarge, Unavailable
@@ -497,9 +498,12 @@ class BackupHandler(BaseHandler):
                 ):
                     self.write(chunk)
                     await self.flush()
-            logger.info("store backed up for %s", self.request.remote_ip)
+        except StreamClosedError:
+            logger.info("backup for %s cancelled by the client", self.request.remote_ip)
+            return
         finally:
             os.remove(path)
+        logger.info("store backed up for %s", self.request.remote_ip)
         self.finish()
 
 
