@@ -6,6 +6,8 @@
 from __future__ import annotations
 
 import json
+import socket
+import struct
 import subprocess
 from pathlib import Path
 
@@ -98,3 +100,31 @@ def test_every_sub_command_works_from_the_binary(binary_node):
         timeout=60,
     )
     assert backup.stdout.startswith(b"SQLite format 3\0")
+
+
+def test_the_node_behind_the_launcher_tells_systemd_it_is_ready(
+    tmp_path: Path, monkeypatch
+):
+    path = str(tmp_path / "notify.sock")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.bind(path)
+        sock.settimeout(START_TIMEOUT_S)
+        # systemd reads the sender's pid from the credentials, as here.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
+        monkeypatch.setenv("NOTIFY_SOCKET", path)
+        node = BinaryNode(tmp_path / "notify.data", "notify1")
+        node.start(wait=False)
+        try:
+            message, ancillary, _, _ = sock.recvmsg(4096, socket.CMSG_SPACE(12))
+            (level, kind, data), *_ = ancillary
+            assert (level, kind) == (socket.SOL_SOCKET, socket.SCM_CREDENTIALS)
+            sender, _, _ = struct.unpack("3i", data)
+            assert message.startswith(b"READY=1")
+            # Not the launcher, the service's main pid: hence NotifyAccess=all
+            # in build/dcron.service.
+            assert node.proc is not None and sender != node.proc.pid
+            assert node.stop() == 0
+            assert sock.recv(4096) == b"STOPPING=1"
+        finally:
+            if node.running():
+                node.kill()
