@@ -96,6 +96,17 @@ class ExecutionRow(BaseModel):
         indexes = ((("job_name", "seq"), False), (("status",), False))
 
 
+# A new execution's columns that its fire does not set.
+EXECUTION_DEFAULTS: dict[str, Any] = {
+    "finished_at": None,
+    "status": "running",
+    "success": None,
+    "exit_code": None,
+    "output": "",
+    "output_truncated": False,
+}
+
+
 class PendingRow(BaseModel):
     """A run the leader owes: a retry after backoff, or a dependent job."""
 
@@ -304,12 +315,13 @@ class Store:
         if ExecutionRow.select().where(ExecutionRow.id.in_(ids)).exists():
             return {"ignored": "execution already fired"}
 
+        job_updates: dict[Any, Any] = {}
         if command["trigger"] == "schedule":
             if body["disabled"]:
                 return {"ignored": "job disabled"}
             if row.last_scheduled_at is not None and slot <= row.last_scheduled_at:
                 return {"ignored": "slot already fired"}
-            JobRow.update(last_scheduled_at=slot).where(JobRow.name == name).execute()
+            job_updates[JobRow.last_scheduled_at] = slot
         pending_id = command.get("pending_id")
         if pending_id is not None:
             if PendingRow.delete().where(PendingRow.id == pending_id).execute() == 0:
@@ -327,17 +339,22 @@ class Store:
                 "trigger": command["trigger"],
             }
 
+        if job_updates:
+            JobRow.update(job_updates).where(JobRow.name == name).execute()
         if targets[0]["node"] is None:
             return self._close_at_once(
                 base(targets[0], 0), command, "failed", command["no_target"]
             )
-        open_runs = [
-            r
-            for r in ExecutionRow.select(ExecutionRow.id, ExecutionRow.node_name).where(
-                (ExecutionRow.job_name == name) & (ExecutionRow.status == "running")
-            )
-        ]
+        # Only forbid and replace care about runs still open; allow, the
+        # common case, skips the query.
         policy = body["concurrency"]
+        open_runs = []
+        if policy != "allow":
+            open_runs = list(
+                ExecutionRow.select(ExecutionRow.id, ExecutionRow.node_name).where(
+                    (ExecutionRow.job_name == name) & (ExecutionRow.status == "running")
+                )
+            )
         if open_runs and policy == "forbid" and not command.get("force"):
             reason = (
                 f"skipped: execution {open_runs[0].id} is still running and the "
@@ -346,20 +363,18 @@ class Store:
             return self._close_at_once(base(targets[0], 0), command, "skipped", reason)
 
         start_at = command.get("start_at", slot)
-        for offset, target in enumerate(targets):
-            ExecutionRow.create(
-                **base(target, offset), status="running", started_at=start_at
-            )
-        JobRow.update(status="running").where(JobRow.name == name).execute()
+        rows = [
+            {**EXECUTION_DEFAULTS, **base(target, offset), "started_at": start_at}
+            for offset, target in enumerate(targets)
+        ]
+        ExecutionRow.insert_many(rows).execute()
+        if row.status != "running":
+            JobRow.update(status="running").where(JobRow.name == name).execute()
         self._prune(name, command["keep"])
         replaced = []
         if open_runs and policy == "replace":
             replaced = [{"id": r.id, "node_name": r.node_name} for r in open_runs]
-        return {
-            "executions": [self.get_execution(name, i) for i in ids],
-            "job": body,
-            "replaced": replaced,
-        }
+        return {"executions": rows, "job": body, "replaced": replaced}
 
     def _close_at_once(
         self, base: dict[str, Any], command: dict[str, Any], status: str, reason: str
@@ -418,11 +433,10 @@ class Store:
             ExecutionRow.select(ExecutionRow.id)
             .where((ExecutionRow.job_name == name) & (ExecutionRow.status != "running"))
             .order_by(ExecutionRow.seq.desc())
+            .limit(-1)
             .offset(keep)
         )
-        ids = [row.id for row in stale]
-        if ids:
-            ExecutionRow.delete().where(ExecutionRow.id.in_(ids)).execute()
+        ExecutionRow.delete().where(ExecutionRow.id.in_(stale)).execute()
 
     def _apply_finish(self, seq: int, command: dict[str, Any]) -> Result:
         """Close a running execution with its outcome and update the job."""
@@ -446,7 +460,7 @@ class Store:
             return {"deleted_job": run.job_name}
         if "keep" in command:
             self._prune(run.job_name, command["keep"])
-        return {"execution": self.get_execution(run.job_name, run.id)}
+        return {"execution": run.__data__}
 
     def _record_outcome(self, run: ExecutionRow, command: dict[str, Any]) -> bool:
         """Update the job after a run closed; True if that deleted the job."""
