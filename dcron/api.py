@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import sqlite3
 import tempfile
 import time
 from datetime import UTC, datetime
@@ -26,7 +25,7 @@ from tornado.iostream import StreamClosedError
 
 from dcron import jobs, scheduler
 from dcron.errors import DcronError, InvalidInput, NotFound, TooLarge, Unavailable
-from dcron.store import Store
+from dcron.store import Store, copy_database, read_backup_jobs
 
 logger = logging.getLogger(__name__)
 
@@ -406,37 +405,14 @@ RESTORE_MAX_BYTES = 1024 * 1024 * 1024
 BACKUP_CHUNK_BYTES = 1024 * 1024
 
 
-def copy_store(source_path: str, target_path: str) -> None:
-    """Copy a live SQLite store into a new file with SQLite's backup API.
-
-    The copy is one read transaction, so it is consistent while the apply
-    thread keeps writing (WAL mode: the reader sees one committed state). The
-    copy leaves WAL mode, so it is a single self-contained file.
-    """
-    source = sqlite3.connect(source_path)
-    target = sqlite3.connect(target_path)
-    try:
-        source.backup(target)
-        target.execute("pragma journal_mode = delete")
-    finally:
-        target.close()
-        source.close()
-
-
 def jobs_in_backup(path: str) -> list[dict[str, Any]]:
     """The jobs stored in a backup file, re-validated, parents before children.
 
     Raises InvalidInput naming ``body`` when the file is not a dcron backup.
     """
     try:
-        connection = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-        try:
-            rows = connection.execute(
-                "select name, body, updated_at from job order by name"
-            ).fetchall()
-        finally:
-            connection.close()
-    except sqlite3.Error as exc:
+        rows = read_backup_jobs(path)
+    except ValueError as exc:
         raise InvalidInput("body", f"not a dcron backup: {exc}") from exc
 
     found = []
@@ -450,26 +426,7 @@ def jobs_in_backup(path: str) -> list[dict[str, Any]]:
             raise InvalidInput("body", f"job {name} is not readable: {exc}") from exc
         except DcronError as exc:
             raise InvalidInput("body", f"job {name}: {exc.message}") from exc
-    return _parents_first(found)
-
-
-def _parents_first(found: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    by_name = {job["name"]: job for job in found}
-    ordered: list[dict[str, Any]] = []
-    placed: set[str] = set()
-    for job in found:
-        # Walk up to the oldest ancestor not yet placed, then place downwards.
-        chain: list[dict[str, Any]] = []
-        current: dict[str, Any] | None = job
-        while current is not None and current["name"] not in placed:
-            if any(link["name"] == current["name"] for link in chain):
-                raise InvalidInput("body", f"job {current['name']} is in a cycle")
-            chain.append(current)
-            current = by_name.get(current["parent_job"] or "")
-        for link in reversed(chain):
-            placed.add(link["name"])
-            ordered.append(link)
-    return ordered
+    return jobs.parents_first(found)
 
 
 class BackupHandler(BaseHandler):
@@ -482,8 +439,10 @@ class BackupHandler(BaseHandler):
         os.close(handle)
         try:
             try:
-                await loop.run_in_executor(None, copy_store, self.node.store.path, path)
-            except sqlite3.Error as exc:
+                await loop.run_in_executor(
+                    None, copy_database, self.node.store.path, path
+                )
+            except ValueError as exc:
                 raise DcronError(f"backup: cannot copy the store: {exc}") from exc
             stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
             self.set_header("Content-Type", "application/octet-stream")

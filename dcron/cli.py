@@ -25,7 +25,7 @@ from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any
 
-from dcron import __version__, client, config
+from dcron import __version__, client, config, jobs
 from dcron.errors import ConfigError
 
 EXIT_OK = 0
@@ -87,10 +87,10 @@ def _client_options() -> argparse.ArgumentParser:
 
 def _add_job_verbs(commands: Any) -> None:
     options = _client_options()
-    jobs = commands.add_parser(
+    jobs_parser = commands.add_parser(
         "jobs", parents=[options], help="list, show, run, apply or delete jobs"
     )
-    verbs = jobs.add_subparsers(dest="jobs_command", metavar="ACTION")
+    verbs = jobs_parser.add_subparsers(dest="jobs_command", metavar="ACTION")
     verbs.add_parser("list", parents=[options], help="list every job")
     get = verbs.add_parser("get", parents=[options], help="show one job")
     get.add_argument("name")
@@ -327,32 +327,7 @@ def read_jobs(path: str) -> list[dict[str, Any]]:
     for position, job in enumerate(found):
         if not isinstance(job, dict) or not isinstance(job.get("name"), str):
             raise UsageError(f"{path}: job {position + 1} is not an object with a name")
-    return parents_first(found)
-
-
-def parents_first(found: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Order jobs so that a job named as ``parent_job`` comes before its children.
-
-    Keeps the file's order otherwise. A parent outside the file is the node's
-    business; a cycle is left for the node to refuse.
-    """
-    by_name = {job["name"]: job for job in found}
-    ordered: list[dict[str, Any]] = []
-    placed: set[str] = set()
-
-    def place(job: dict[str, Any], seen: set[str]) -> None:
-        name = job["name"]
-        if name in placed or name in seen:
-            return
-        parent = by_name.get(job.get("parent_job") or "")
-        if parent is not None:
-            place(parent, seen | {name})
-        placed.add(name)
-        ordered.append(job)
-
-    for job in found:
-        place(job, set())
-    return ordered
+    return jobs.parents_first(found)
 
 
 def apply_jobs(node: client.Client, found: list[dict[str, Any]], as_json: bool) -> None:

@@ -359,3 +359,28 @@ def _time_out(value: float | None) -> str | None:
     if value is None:
         return None
     return schedule.format_time(datetime.fromtimestamp(value, UTC))
+
+
+def parents_first(found: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Order job bodies so that a job named as ``parent_job`` precedes its children.
+
+    Keeps the given order otherwise. A parent outside the list is the store's
+    business, and so is a cycle: the store refuses it when applying.
+    """
+    by_name = {job["name"]: job for job in found}
+    ordered: list[dict[str, Any]] = []
+    placed: set[str] = set()
+
+    def place(job: dict[str, Any], seen: set[str]) -> None:
+        name = job["name"]
+        if name in placed or name in seen:
+            return
+        parent = by_name.get(job.get("parent_job") or "")
+        if parent is not None:
+            place(parent, seen | {name})
+        placed.add(name)
+        ordered.append(job)
+
+    for job in found:
+        place(job, set())
+    return ordered

@@ -717,3 +717,45 @@ class Store:
             except OSError:
                 pass
         return total
+
+
+# ---- backup files ------------------------------------------------------------
+
+
+def copy_database(source_path: str, target_path: str) -> None:
+    """Copy a live store into a new self-contained file with SQLite's backup API.
+
+    The copy is one read transaction, so it is consistent while the apply
+    thread keeps writing (WAL mode: the reader sees one committed state).
+    Raises ValueError when SQLite cannot make the copy.
+    """
+    try:
+        source = sqlite3.connect(source_path)
+        target = sqlite3.connect(target_path)
+        try:
+            source.backup(target)
+            target.execute("pragma journal_mode = delete")
+        finally:
+            target.close()
+            source.close()
+    except sqlite3.Error as exc:
+        raise ValueError(str(exc)) from exc
+
+
+def read_backup_jobs(path: str) -> list[tuple[str, str, float]]:
+    """(name, body, updated_at) of every job in a backup file, by name.
+
+    Raises ValueError when the file is not a readable dcron store.
+    """
+    try:
+        connection = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        try:
+            return list(
+                connection.execute(
+                    "select name, body, updated_at from job order by name"
+                ).fetchall()
+            )
+        finally:
+            connection.close()
+    except sqlite3.Error as exc:
+        raise ValueError(str(exc)) from exc
