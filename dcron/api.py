@@ -398,10 +398,8 @@ def _log_request(handler: tornado.web.RequestHandler) -> None:
 # ---- backup and restore ----------------------------------------------------
 
 # A restore body is a whole store, executions included, so it may be far
-# larger than a job body. It streams to a file beside the store instead of into
-# memory; this bounds the disk it may take. A node whose store is capped by
-# --store-max-bytes accepts a backup of any store that fits under that cap.
-RESTORE_MAX_BYTES = 1024 * 1024 * 1024
+# larger than a job body (--max-restore-bytes, not --max-body-bytes). It
+# streams to a file beside the store instead of into memory.
 BACKUP_CHUNK_BYTES = 1024 * 1024
 
 
@@ -475,7 +473,7 @@ class RestoreHandler(BaseHandler):
     sink: Any = None
 
     def limit(self) -> int:
-        return max(RESTORE_MAX_BYTES, self.node.config.store_max_bytes)
+        return int(self.node.config.max_restore_bytes)
 
     def prepare(self) -> None:
         limit = self.limit()

@@ -255,6 +255,13 @@ SETTINGS: tuple[Setting, ...] = (
         "SECONDS",
     ),
     Setting(
+        "max-restore-bytes",
+        "largest backup file POST /restore accepts",
+        1024 * 1024 * 1024,
+        parse_positive_int,
+        "BYTES",
+    ),
+    Setting(
         "encrypt",
         "key that encrypts and authenticates raft traffic (see dcron keygen)",
         "",
@@ -300,6 +307,7 @@ class Config:
     max_body_bytes: int
     max_pending_commands: int
     heartbeat_timeout: float
+    max_restore_bytes: int
     encrypt: str
     raft_compaction_entries: int
     store_max_bytes: int

@@ -340,6 +340,12 @@ class TestBackupAndRestore:
         assert answer.startswith("HTTP/1.1 413")
         assert '{"error": "body: larger than 1073741824 bytes"}' in answer
 
+    def test_the_restore_bound_is_a_setting(self, make_node, tmp_path):
+        small = make_node("--max-restore-bytes", "1000")
+        response = small.client.post("/restore", raw=b"x" * 1001)
+        assert response.status == 413
+        assert response.json == {"error": "body: larger than 1000 bytes"}
+
     def test_backup_to_standard_output(self, node):
         result = subprocess.run(
             [sys.executable, str(ROOT / "dcron.py"), "backup", "-"]
