@@ -140,7 +140,7 @@ class BaseHandler(tornado.web.RequestHandler):
             raise error
         return result
 
-    def render(self, job: dict[str, Any]) -> dict[str, Any]:
+    def job_json(self, job: dict[str, Any]) -> dict[str, Any]:
         return jobs.as_json(job, datetime.now(UTC))
 
     async def put_job(self, body: Any, path_name: str | None = None) -> None:
@@ -156,7 +156,7 @@ class BaseHandler(tornado.web.RequestHandler):
         )
         if self.get_query_argument("runoncreate", "") == "true":
             await self.run_job(stored)
-        self.send(self.render(stored), 201)
+        self.send(self.job_json(stored), 201)
 
     async def run_job(self, job: dict[str, Any], force: bool = False) -> dict:
         command = scheduler.fire_command(
@@ -260,13 +260,13 @@ class JobsHandler(BaseHandler):
 
 class JobHandler(BaseHandler):
     def get(self, name: str) -> None:
-        self.send(self.render(self.job_or_404(name)))
+        self.send(self.job_json(self.job_or_404(name)))
 
     async def delete(self, name: str) -> None:
         self.job_or_404(name)
         result = await self.commit({"op": "delete_job", "name": name})
         logger.info("job %s deleted", name)
-        self.send(self.render(result["job"]))
+        self.send(self.job_json(result["job"]))
 
     async def post(self, name: str) -> None:
         await self._run(name)
@@ -284,7 +284,7 @@ class JobHandler(BaseHandler):
         force = self.get_query_argument("force", "") == "true"
         await self.run_job(job, force=force)
         logger.info("job %s run on request", name)
-        self.send(self.render(self.job_or_404(name)), 202)
+        self.send(self.job_json(self.job_or_404(name)), 202)
 
 
 class RunHandler(JobHandler):
@@ -298,7 +298,7 @@ class ToggleHandler(BaseHandler):
         result = await self.commit(
             {"op": "toggle_job", "name": name, "at": time.time()}
         )
-        self.send(self.render(result["job"]))
+        self.send(self.job_json(result["job"]))
 
 
 class ExecutionsHandler(BaseHandler):
@@ -320,7 +320,7 @@ class ExecutionsHandler(BaseHandler):
     async def delete(self, name: str) -> None:
         self.job_or_404(name)
         result = await self.commit({"op": "clear_executions", "name": name})
-        self.send(self.render(result["job"]))
+        self.send(self.job_json(result["job"]))
 
 
 class ExecutionHandler(ExecutionsHandler):

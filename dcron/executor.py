@@ -24,6 +24,7 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
 logger = logging.getLogger(__name__)
 
@@ -387,7 +388,8 @@ async def _kill_group(run: _Run, why: str, grace_s: float) -> None:
 
     # The group is done once the command exited and nothing holds the pipe;
     # a grandchild that ignores SIGTERM keeps it open.
-    await asyncio.wait({run.exited, run.pipe_closed}, timeout=grace_s)
+    waiting: list[asyncio.Future[Any]] = [run.exited, run.pipe_closed]
+    await asyncio.wait(waiting, timeout=grace_s)
     if run.exited.done() and run.pipe_closed.done():
         return
     if _signal_group(pgid, signal.SIGKILL):

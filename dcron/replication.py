@@ -91,7 +91,7 @@ class Replica(SyncObj):  # type: ignore[misc]
         settings: RaftSettings,
         store: Store,
         on_state_changed: Callable[[bool], None] | None = None,
-        on_ready: Callable[[], None] | None = None,
+        on_ready: Callable[[], Any] | None = None,
     ) -> None:
         self.store = store
         self._loop = IOLoop.current()

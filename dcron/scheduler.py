@@ -79,6 +79,7 @@ def fire_command(
     """
     now = time.time()
     stamp = max(now, slot)
+    targets: list[str | None] = list(nodes) or [None]
     command: dict[str, Any] = {
         "op": "fire",
         "job": job["name"],
@@ -86,8 +87,7 @@ def fire_command(
         "start_at": slot if start_at is None else start_at,
         "trigger": trigger,
         "targets": [
-            {"node": node, "execution_id": new_execution_id(stamp)}
-            for node in nodes or [None]
+            {"node": node, "execution_id": new_execution_id(stamp)} for node in targets
         ],
         "attempt": attempt,
         "at": now,

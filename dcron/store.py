@@ -626,7 +626,7 @@ class Store:
             JobRow.parent_job.is_null(False)
         )
         for row in query:
-            children.setdefault(row.parent_job, []).append(row.name)
+            children.setdefault(str(row.parent_job), []).append(row.name)
         return [
             self._job_dict(row, children.get(row.name, ()))
             for row in JobRow.select().order_by(JobRow.name)
@@ -643,7 +643,7 @@ class Store:
         )
         if limit is not None:
             query = query.limit(limit)
-        return list(query.dicts())
+        return _dicts(query)
 
     def get_execution(self, name: str, execution_id: str) -> dict[str, Any] | None:
         return (
@@ -657,19 +657,18 @@ class Store:
         query = ExecutionRow.select().where(ExecutionRow.status == "running")
         if node_name is not None:
             query = query.where(ExecutionRow.node_name == node_name)
-        return list(query.dicts())
+        return _dicts(query)
 
     def get_pending(self, pending_id: str) -> dict[str, Any] | None:
         return PendingRow.select().where(PendingRow.id == pending_id).dicts().first()
 
     def pending(self) -> list[dict[str, Any]]:
-        return list(PendingRow.select().order_by(PendingRow.due_at).dicts())
+        return _dicts(PendingRow.select().order_by(PendingRow.due_at))
 
     def members(self) -> list[dict[str, Any]]:
-        out = []
-        for row in MemberRow.select().order_by(MemberRow.name).dicts():
+        out = _dicts(MemberRow.select().order_by(MemberRow.name))
+        for row in out:
             row["tags"] = json.loads(row["tags"])
-            out.append(row)
         return out
 
     # ---- snapshots ---------------------------------------------------------
@@ -717,6 +716,11 @@ class Store:
             except OSError:
                 pass
         return total
+
+
+def _dicts(query: Any) -> list[dict[str, Any]]:
+    """The rows of a select as plain dicts."""
+    return [dict(row) for row in query.dicts()]
 
 
 # ---- backup files ------------------------------------------------------------
