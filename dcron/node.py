@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import signal
+import sys
 import time
 from datetime import UTC, datetime
 from typing import Any
@@ -43,6 +44,8 @@ from dcron.store import Store
 logger = logging.getLogger(__name__)
 
 FINISH_RETRY_S = 0.5
+# Outcomes that arrive within this many seconds share one raft entry.
+FINISH_BATCH_S = 0.01
 # A run assigned to this node that has not started this long after its start
 # time never will: its fire reached the node in a snapshot, not as a command.
 STALE_RUN_S = 10.0
@@ -72,6 +75,7 @@ class Node:
         self.started_at = time.time()
         self._runs: set[str] = set()
         self._placements = itertools.count()
+        self._finishing: list[tuple[dict[str, Any], asyncio.Future[None]]] = []
         self._placement_cache: (
             tuple[float, list[dict[str, Any]], dict[str, int]] | None
         ) = None
@@ -440,7 +444,7 @@ class Node:
             status = "interrupted"
         else:
             result = await self._execute(execution, job)
-        await self._submit_until_committed(
+        await self._finish(
             {
                 "op": "finish",
                 "execution_id": execution["id"],
@@ -491,6 +495,34 @@ class Node:
             timeout_s=jobs.timeout_seconds(config.get("timeout")),
             output_keep=self.config.output_keep_bytes,
         )
+
+    async def _finish(self, command: dict[str, Any]) -> None:
+        """Commit a run's outcome, together with the others that end meanwhile.
+
+        Runs end in bursts when they start in bursts. One raft entry (and one
+        SQLite transaction on every node) for a burst's outcomes, instead of
+        one each, keeps the tick thread free to send heartbeats on time.
+        """
+        if not self._finishing:
+            self._loop.call_later(FINISH_BATCH_S, self._flush_finishes)
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._finishing.append((command, done))
+        await done
+
+    def _flush_finishes(self) -> None:
+        batch, self._finishing = self._finishing, []
+        commands = [command for command, _ in batch]
+        combined = (
+            commands[0] if len(commands) == 1 else {"op": "batch", "commands": commands}
+        )
+
+        async def commit() -> None:
+            await self._submit_until_committed(combined)
+            for _, done in batch:
+                if not done.done():
+                    done.set_result(None)
+
+        self._loop.add_callback(commit)
 
     async def _submit_until_committed(self, command: dict[str, Any]) -> None:
         """Submit a command the cluster must not lose, retrying through elections."""
@@ -750,6 +782,7 @@ class Node:
 
 async def serve(config: Config) -> int:
     """Run a node until SIGINT or SIGTERM; return the process exit status."""
+    _watch_children_without_threads()
     node = Node(config)
     try:
         await node.start()
@@ -758,3 +791,21 @@ async def serve(config: Config) -> int:
         return EXIT_JOIN_FAILED
     await node.run_until_stopped()
     return 0
+
+
+def _watch_children_without_threads() -> None:
+    """Wait for job processes through pidfds instead of a thread per process.
+
+    Python 3.11's default child watcher starts one thread per subprocess; at
+    dozens of runs a second those threads fight the raft tick thread for the
+    GIL, late heartbeats start elections, and leadership churns. Python 3.12
+    and later use pidfds by themselves.
+    """
+    if sys.version_info >= (3, 12) or not hasattr(asyncio, "PidfdChildWatcher"):
+        return
+    try:
+        watcher = asyncio.PidfdChildWatcher()
+        watcher.attach_loop(asyncio.get_running_loop())
+        asyncio.set_child_watcher(watcher)
+    except OSError as exc:  # a kernel without pidfd_open (before Linux 5.3)
+        logger.info("job processes are watched by threads: %s", exc)
