@@ -18,6 +18,7 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -196,6 +197,34 @@ class Node:
     def _join_running(self, join: tuple[str, ...]) -> tuple[str, ...]:
         """Ask a server of a running cluster to add this node (worker thread)."""
         me = self.config.raft_address
+
+        def add_me(leader: str, servers: list[str]) -> tuple[str, ...] | None:
+            others = tuple(a for a in servers if a != me)
+            if me in servers:
+                return others
+            reply = admin(leader, ["add", me], self.config.encrypt or None)
+            if isinstance(reply, str) and reply.startswith("SUCCESS"):
+                logger.info("node %s joined the cluster through %s", self.name, leader)
+                return others
+            logger.warning("leader %s did not add %s: %s", leader, me, reply)
+            return None
+
+        return self._ask_cluster(join, add_me)
+
+    def _find_servers(self, join: tuple[str, ...]) -> tuple[str, ...]:
+        """The voting servers an agent follows (worker thread)."""
+        return self._ask_cluster(join, lambda leader, servers: tuple(servers))
+
+    def _ask_cluster(
+        self,
+        join: tuple[str, ...],
+        act: Callable[[str, list[str]], tuple[str, ...] | None],
+    ) -> tuple[str, ...]:
+        """Ask the --join servers for their cluster until ``act`` settles it.
+
+        ``act`` gets the leader and the voting servers and returns the peers
+        to start with, or None to ask again. Runs on a worker thread.
+        """
         password = self.config.encrypt or None
         deadline = time.monotonic() + JOIN_TIMEOUT_S
         while time.monotonic() < deadline and not self.stopping:
@@ -209,35 +238,9 @@ class Node:
                     ) from None
                 if leader is None:
                     continue
-                if me in servers:
-                    return tuple(a for a in servers if a != me)
-                reply = admin(leader, ["add", me], password)
-                if isinstance(reply, str) and reply.startswith("SUCCESS"):
-                    logger.info(
-                        "node %s joined the cluster through %s", self.name, leader
-                    )
-                    return tuple(a for a in servers if a != me)
-                logger.warning("leader %s did not add %s: %s", leader, me, reply)
-            time.sleep(JOIN_RETRY_S)
-        raise JoinRefused(
-            f"no server of {', '.join(join)} answered within {JOIN_TIMEOUT_S:.0f}s"
-        )
-
-    def _find_servers(self, join: tuple[str, ...]) -> tuple[str, ...]:
-        """The voting servers an agent follows (worker thread)."""
-        password = self.config.encrypt or None
-        deadline = time.monotonic() + JOIN_TIMEOUT_S
-        while time.monotonic() < deadline and not self.stopping:
-            for addr in join:
-                try:
-                    leader, servers = cluster_of(addr, password)
-                except KeyRefused:
-                    raise JoinRefused(
-                        f"raft peer {addr} refused this node's encryption key; "
-                        "check --encrypt"
-                    ) from None
-                if leader is not None:
-                    return tuple(servers)
+                peers = act(leader, servers)
+                if peers is not None:
+                    return peers
             time.sleep(JOIN_RETRY_S)
         raise JoinRefused(
             f"no server of {', '.join(join)} answered within {JOIN_TIMEOUT_S:.0f}s"
