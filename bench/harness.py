@@ -36,6 +36,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 NODE_START_TIMEOUT_S = 60.0
 HTTP_TIMEOUT_S = 60.0
+READ_ALL_TIMEOUT_S = 120.0
 PR_SET_PDEATHSIG = 1
 
 # The command every timed job runs: it appends its own name, its slot and the
@@ -130,6 +131,10 @@ def call(base: str, method: str, path: str, body: Any = None) -> tuple[int, Any]
             return error.code, raw.decode(errors="replace")
 
 
+class Unresponsive(Exception):
+    """A node did not answer a request within HTTP_TIMEOUT_S."""
+
+
 class Connection:
     """One keep-alive HTTP/1.1 connection, for many requests in a row."""
 
@@ -189,14 +194,17 @@ async def run_requests(
     base: str,
     requests: Iterable[tuple[str, str, Any]],
     clients: int,
+    results: list[tuple[int, float]] | None = None,
 ) -> list[tuple[int, float]]:
     """Send every request from ``clients`` connections at once.
 
-    Returns (status, latency in seconds) in completion order.
+    Returns (status, latency in seconds) in completion order, also appended
+    to ``results`` as they come, so a caller still has them after a timeout.
     """
     host, _, port = base.removeprefix("http://").partition(":")
     queue = iter(requests)
-    results: list[tuple[int, float]] = []
+    if results is None:
+        results = []
 
     async def worker() -> None:
         connection = Connection(host, int(port))
@@ -377,16 +385,35 @@ def wait_until(
 
 
 def create_jobs(
-    base: str, bodies: Sequence[dict[str, Any]], clients: int = 32
+    base: str,
+    bodies: Sequence[dict[str, Any]],
+    clients: int = 32,
+    budget_s: float | None = None,
 ) -> float:
-    """Create every job through the API; return the seconds it took."""
+    """Create every job through the API; return the seconds it took.
+
+    Raises Unresponsive when one create gets no answer within HTTP_TIMEOUT_S,
+    or all of them take longer than ``budget_s``.
+    """
     began = time.monotonic()
-    results = asyncio.run(
-        run_requests(base, (("POST", "/jobs", body) for body in bodies), clients)
+    results: list[tuple[int, float]] = []
+    requests = run_requests(
+        base, (("POST", "/jobs", body) for body in bodies), clients, results
     )
+    try:
+        asyncio.run(asyncio.wait_for(requests, budget_s))
+    except (TimeoutError, OSError) as exc:
+        created = sum(1 for status, _ in results if status == 201)
+        raise Unresponsive(
+            f"{created} of {len(bodies)} jobs created in "
+            f"{time.monotonic() - began:.0f} s (at most {HTTP_TIMEOUT_S:.0f} s a "
+            f"create, {budget_s or 0:.0f} s in all)"
+        ) from exc
     refused = [status for status, _ in results if status != 201]
     if refused:
-        raise RuntimeError(f"{len(refused)} job creates refused, e.g. {refused[:5]}")
+        raise RuntimeError(
+            f"{len(refused)} of {len(bodies)} job creates refused, e.g. {refused[:5]}"
+        )
     return time.monotonic() - began
 
 
@@ -408,7 +435,11 @@ def executions(base: str, names: Sequence[str], clients: int = 8) -> dict[str, l
             connection.close()
 
     async def main() -> None:
-        await asyncio.gather(*(worker() for _ in range(clients)))
+        # An overloaded node may answer each request in time and still take
+        # for ever over all of them: bound the whole read.
+        await asyncio.wait_for(
+            asyncio.gather(*(worker() for _ in range(clients))), READ_ALL_TIMEOUT_S
+        )
 
     asyncio.run(main())
     return out

@@ -280,20 +280,25 @@ def main() -> None:
     limits_table(limit, floor, min(burst, 100), gated)
 
     outcomes = []
+    rows = []
     for count in counts:
         for size in sizes:
             base = harness.workdir(args.keep)
             target = targets.Dcron(base, size)
             try:
-                outcomes.append(measure(target, count, window, base, limit))
+                outcome = measure(target, count, window, base, limit)
+            except (harness.Unresponsive, RuntimeError) as exc:
+                rows.append([target.label, count, f"FAIL: {exc}"])
+            else:
+                outcomes.append(outcome)
+                rows.append(outcome.row())
             finally:
                 target.close()
-            print(f"  done: {target.label}, {count} jobs", file=sys.stderr)
+            # Each row as it comes, so a later failure loses nothing.
+            print(f"  done: {' | '.join(map(str, rows[-1]))}", file=sys.stderr)
 
     harness.print_table(
-        f"lateness of the command's own start, {window} s window",
-        HEADERS,
-        [o.row() for o in outcomes],
+        f"lateness of the command's own start, {window} s window", HEADERS, rows
     )
     harness.print_table(
         "setup and the API's view",

@@ -20,6 +20,8 @@ from typing import Any, Protocol
 from bench import harness
 
 SUCCESS = "success"
+# Longer than this to create a workload's jobs counts as a failure of the run.
+CREATE_BUDGET_S = 300.0
 
 
 class Target(Protocol):
@@ -49,7 +51,7 @@ class Dcron:
         self.cluster.start()
 
     def add_jobs(self, bodies: list[dict[str, Any]]) -> float:
-        return harness.create_jobs(self.cluster.url, bodies)
+        return harness.create_jobs(self.cluster.url, bodies, budget_s=CREATE_BUDGET_S)
 
     def executions(self, names: list[str]) -> dict[str, list[dict[str, Any]]]:
         return harness.executions(self.cluster.url, names)

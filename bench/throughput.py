@@ -30,8 +30,8 @@ from bench import harness, targets
 
 SETTLE_S = 3.0
 DRAIN_S = 5.0
-PROBE_WINDOW_S = 15
-FIRST_RATE = 25
+PROBE_WINDOW_S = 10
+FIRST_RATE = 50
 MAX_RATE = 3200
 BISECT_STEPS = 2
 STEP_DOWN = 0.8
@@ -99,6 +99,9 @@ def trial(make: TargetFactory, rate: int, window_s: int, keep: bool) -> Trial:
     base = harness.workdir(keep)
     target = make(base)
     unresponsive = False
+    created_s = 0.0
+    begin = end = 0
+    counts: Counter[tuple[str, float]] = Counter()
     try:
         target.start()
         bodies = jobs_for(rate)
@@ -106,13 +109,10 @@ def trial(make: TargetFactory, rate: int, window_s: int, keep: bool) -> Trial:
         begin = math.ceil(time.time() + SETTLE_S)
         end = begin + window_s
         time.sleep(max(0.0, end + DRAIN_S - time.time()))
-        names = [b["name"] for b in bodies]
-        try:
-            counts = target.finished(names)
-        except (TimeoutError, OSError):
-            # A node too busy to answer within a minute has failed the rate.
-            counts = Counter()
-            unresponsive = True
+        counts = target.finished([b["name"] for b in bodies])
+    except (harness.Unresponsive, RuntimeError, TimeoutError, OSError):
+        # A node too busy to answer within a minute has failed the rate.
+        unresponsive = True
     finally:
         target.close()
     in_window = {key: n for key, n in counts.items() if begin <= key[1] < end}

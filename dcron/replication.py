@@ -53,9 +53,10 @@ CONNECTION_RETRY_S = 0.5
 # Followers keep idle links open this long, so the first vote request of an
 # election is not lost to a reconnect (trap 5).
 CONNECTION_TIMEOUT_S = 30.0
-# The tick thread wakes at least this often; a submitted command wakes it at
-# once. 10 ms keeps a node's idle CPU low while a commit on a cluster of one
-# takes a few milliseconds.
+# The tick thread wakes at least this often. With pysyncobj's append batching
+# on, a submitted command waits for the next tick to enter the log and for
+# another to be applied (docs/benchmarks.md, point 5): 10 ms keeps a commit on
+# a cluster of one near 20 ms while a node's idle CPU stays low.
 TICK_PERIOD_S = 0.01
 APPEND_ENTRIES_PERIOD_S = 0.02
 COMPACTION_MIN_ENTRIES = 20000
