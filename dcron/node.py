@@ -600,30 +600,26 @@ class Node:
         A server must have a raft link to us this moment; an agent must have
         answered in the last couple of health rounds.
         """
-        if member["name"] == self.name:
-            return True
-        if member["left"]:
-            return False
-        if member["server"]:
-            key = f"partner_node_status_server_{member['raft_addr']}"
-            return bool(self.replica.status().get(key) == 2)
-        return self._monitor.seen_within(
-            member["name"], PLACEABLE_WITHIN_S, member["updated_at"]
-        )
+        if member["server"] and member["name"] != self.name and not member["left"]:
+            return self._raft_linked(member)
+        return self._answered_within(member, PLACEABLE_WITHIN_S)
 
     def alive(self, member: dict[str, Any]) -> bool:
         """Whether a member answered lately (HTTP health or a raft link)."""
+        if member["server"] and not member["left"] and self._raft_linked(member):
+            return True
+        return self._answered_within(member, self.config.heartbeat_timeout)
+
+    def _raft_linked(self, member: dict[str, Any]) -> bool:
+        key = f"partner_node_status_server_{member['raft_addr']}"
+        return bool(self.replica.status().get(key) == 2)
+
+    def _answered_within(self, member: dict[str, Any], seconds: float) -> bool:
         if member["name"] == self.name:
             return True
         if member["left"]:
             return False
-        if member["server"]:
-            key = f"partner_node_status_server_{member['raft_addr']}"
-            if self.replica.status().get(key) == 2:
-                return True
-        return self._monitor.seen_within(
-            member["name"], self.config.heartbeat_timeout, member["updated_at"]
-        )
+        return self._monitor.seen_within(member["name"], seconds, member["updated_at"])
 
     # ---- what the API shows ------------------------------------------------
 
