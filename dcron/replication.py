@@ -154,10 +154,23 @@ class Replica(SyncObj):  # type: ignore[misc]
             raise Unavailable("no leader")
         if not self.hasQuorum:
             raise Unavailable("no leader: this node cannot reach a majority")
+        future, callback = self._pysyncobj_future()
+        self.apply_command(command, callback=callback)
+        try:
+            return dict(await asyncio.wait_for(asyncio.shield(future), timeout))
+        except TimeoutError:
+            raise Unavailable("no leader: the commit timed out") from None
+
+    def _pysyncobj_future(
+        self,
+    ) -> tuple[asyncio.Future[Any], Callable[[Any, int], None]]:
+        """A future on the IOLoop and the pysyncobj callback that resolves it.
+
+        pysyncobj calls back on its tick thread; the result crosses to the
+        loop with ``add_callback``. A failure becomes Unavailable naming why.
+        """
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         loop = self._loop
-        future: asyncio.Future[dict[str, Any]] = (
-            asyncio.get_running_loop().create_future()
-        )
 
         def resolve(result: Any, error: int) -> None:
             if future.done():
@@ -168,14 +181,10 @@ class Replica(SyncObj):  # type: ignore[misc]
                 reason = FAILURES.get(error, f"replication error {error}")
                 future.set_exception(Unavailable(reason))
 
-        def on_commit(result: Any, error: int) -> None:
+        def callback(result: Any, error: int) -> None:
             loop.add_callback(resolve, result, error)
 
-        self.apply_command(command, callback=on_commit)
-        try:
-            return await asyncio.wait_for(asyncio.shield(future), timeout)
-        except TimeoutError:
-            raise Unavailable("no leader: the commit timed out") from None
+        return future, callback
 
     # ---- leadership --------------------------------------------------------
 
@@ -199,21 +208,7 @@ class Replica(SyncObj):  # type: ignore[misc]
 
     async def change_membership(self, action: str, addr: str) -> None:
         """Add or remove one server (``action`` is "add" or "remove")."""
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        loop = self._loop
-
-        def resolve(result: Any, error: int) -> None:
-            if future.done():
-                return
-            if error == FAIL_REASON.SUCCESS:
-                future.set_result(None)
-            else:
-                reason = FAILURES.get(error, f"replication error {error}")
-                future.set_exception(Unavailable(reason))
-
-        def on_done(result: Any, error: int) -> None:
-            loop.add_callback(resolve, result, error)
-
+        future, on_done = self._pysyncobj_future()
         if action == "add":
             self.addNodeToCluster(addr, callback=on_done)
         else:
