@@ -25,6 +25,7 @@ from tornado.iostream import StreamClosedError
 
 from dcron import jobs, scheduler
 from dcron.errors import DcronError, InvalidInput, NotFound, TooLarge, Unavailable
+from dcron.joblist import JobList, Listed
 from dcron.store import Store, copy_database, read_backup_jobs
 
 logger = logging.getLogger(__name__)
@@ -42,6 +43,8 @@ SORTABLE = (
     "last_success",
     "last_error",
 )
+# What JobsHandler filters and sorts by, kept beside each job's listed JSON.
+LISTED_FIELDS = ("metadata", "status", "disabled", *SORTABLE)
 
 
 class NodeView(Protocol):
@@ -207,37 +210,41 @@ class LeaderHandler(BaseHandler):
 
 
 class JobsHandler(BaseHandler):
+    """The job list answers from each job's JSON kept by a JobList."""
+
     def get(self) -> None:
-        now = datetime.now(UTC)
-        found = [jobs.as_json(job, now) for job in self.node.store.list_jobs()]
+        job_list: JobList = self.application.settings["job_list"]
+        found = job_list.listed(self.node.store.job_rows(), datetime.now(UTC))
         found = self._filter(found)
         found = self._sort(found)
         self.set_header("X-Total-Count", str(len(found)))
         self.set_header("Access-Control-Expose-Headers", "X-Total-Count")
         start = self.int_arg("_start", 0) or 0
         end = self.int_arg("_end", None)
-        self.send(found[start:end])
+        # The kept texts joined as json.dumps joins a list, so the answer is
+        # the one send() would give for the same jobs.
+        self.finish("[" + ", ".join(j.json for j in found[start:end]) + "]\n")
 
-    def _filter(self, found: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    def _filter(self, found: list[Listed]) -> list[Listed]:
         for key, values in self.request.query_arguments.items():
             if key.startswith("metadata[") and key.endswith("]"):
                 field = key[len("metadata[") : -1]
                 wanted = values[-1].decode()
-                found = [j for j in found if j["metadata"].get(field) == wanted]
+                found = [j for j in found if j.fields["metadata"].get(field) == wanted]
         query = self.get_query_argument("q", "")
         if query:
-            found = [j for j in found if query.lower() in j["name"].lower()]
+            found = [j for j in found if query.lower() in j.fields["name"].lower()]
         status = self.get_query_argument("status", "")
         if status:
-            found = [j for j in found if j["status"] == status]
+            found = [j for j in found if j.fields["status"] == status]
         disabled = self.get_query_argument("disabled", "")
         if disabled:
             if disabled not in ("true", "false"):
                 raise InvalidInput("disabled", "must be true or false")
-            found = [j for j in found if j["disabled"] == (disabled == "true")]
+            found = [j for j in found if j.fields["disabled"] == (disabled == "true")]
         return found
 
-    def _sort(self, found: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    def _sort(self, found: list[Listed]) -> list[Listed]:
         field = self.get_query_argument("_sort", "name")
         if field not in SORTABLE:
             raise InvalidInput("_sort", f"must be one of {', '.join(SORTABLE)}")
@@ -247,7 +254,11 @@ class JobsHandler(BaseHandler):
         # None sorts first ascending, so unset times and never-run jobs group.
         return sorted(
             found,
-            key=lambda j: (j[field] is not None, j[field], j["name"]),
+            key=lambda j: (
+                j.fields[field] is not None,
+                j.fields[field],
+                j.fields["name"],
+            ),
             reverse=order == "DESC",
         )
 
@@ -375,6 +386,7 @@ def make_app(node: NodeView) -> tornado.web.Application:
         default_handler_class=NotFoundHandler,
         default_handler_args={"node": node},
         log_function=_log_request,
+        job_list=JobList(LISTED_FIELDS),
     )
 
 

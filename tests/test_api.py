@@ -300,3 +300,96 @@ def test_wrong_method_is_a_json_405(client):
     response = client.request("PATCH", "/jobs")
     assert response.status == 405
     assert response.json == {"error": "method not allowed"}
+
+
+def listed(client: Client, query: str = "") -> dict[str, dict]:
+    """The jobs GET /jobs answers, by name."""
+    response = client.get("/jobs?" + query)
+    assert response.status == 200, response
+    return {j["name"]: j for j in response.json}
+
+
+def without_next(job_json: dict) -> dict:
+    return {key: value for key, value in job_json.items() if key != "next"}
+
+
+class TestJobListFreshness:
+    """The list answers from JSON kept per job; it must never show a stale job."""
+
+    def test_every_listed_job_equals_its_own_get(self, client):
+        client.post("/jobs", job("fresh-parent", schedule="@every 1h", owner="o"))
+        client.post("/jobs", job("fresh-child", schedule="", parent_job="fresh-parent"))
+
+        def same() -> bool:
+            jobs_ = listed(client)
+            singles = {name: client.get(f"/jobs/{name}").json for name in jobs_}
+            return all(
+                without_next(jobs_[name]) == without_next(single)
+                for name, single in singles.items()
+            )
+
+        wait_until(same)
+        parent = listed(client, "q=fresh-parent")["fresh-parent"]
+        assert parent["dependent_jobs"] == ["fresh-child"]
+        assert list(parent) == list(client.get("/jobs/fresh-parent").json)
+
+    @pytest.mark.parametrize("prefix", PREFIXES)
+    def test_the_list_keeps_its_headers_and_paging(self, client, prefix):
+        for i in range(3):
+            client.post("/jobs", job(f"fresh-page-{i}"))
+        response = client.get(prefix + "/jobs?q=fresh-page-&_start=1&_end=5")
+        assert response.status == 200
+        assert response.headers["Content-Type"] == "application/json; charset=utf-8"
+        assert response.headers["X-Total-Count"] == "3"
+        assert response.headers["Access-Control-Expose-Headers"] == "X-Total-Count"
+        assert [j["name"] for j in response.json] == ["fresh-page-1", "fresh-page-2"]
+        assert client.get(prefix + "/jobs?q=fresh-page-&_start=3").json == []
+
+    def test_a_run_shows_in_the_list(self, client):
+        client.post("/jobs", job("fresh-run", command="exit 1"))
+        before = listed(client, "q=fresh-run")["fresh-run"]
+        assert (before["error_count"], before["status"]) == (0, "")
+
+        client.post("/jobs/fresh-run/run")
+
+        def failed() -> dict | None:
+            found = listed(client, "q=fresh-run")["fresh-run"]
+            return found if found["status"] == "failed" else None
+
+        after = wait_until(failed)
+        assert after["error_count"] == 1
+        assert after["last_error"] is not None
+        assert self.names(client, "status=failed&q=fresh-run") == ["fresh-run"]
+        assert self.names(client, "_sort=error_count&_order=DESC&q=fresh-")[0] == (
+            "fresh-run"
+        )
+
+    def test_next_advances_after_its_slot_passes(self, client):
+        client.post("/jobs", job("fresh-every", schedule="@every 1s"))
+        try:
+            first = listed(client, "q=fresh-every")["fresh-every"]["next"]
+            assert first is not None
+            wait_until(
+                lambda: listed(client, "q=fresh-every")["fresh-every"]["next"] > first
+            )
+        finally:
+            client.delete("/jobs/fresh-every")
+
+    def test_a_deleted_job_vanishes(self, client):
+        client.post("/jobs", job("fresh-gone"))
+        assert "fresh-gone" in listed(client, "q=fresh-gone")
+        assert client.delete("/jobs/fresh-gone").status == 200
+        assert listed(client, "q=fresh-gone") == {}
+
+    def test_a_replaced_job_shows_its_new_fields(self, client):
+        client.post("/jobs", job("fresh-swap", owner="before", metadata={"v": "1"}))
+        assert listed(client, "q=fresh-swap")["fresh-swap"]["owner"] == "before"
+        client.put("/jobs", job("fresh-swap", owner="after", metadata={"v": "2"}))
+        assert listed(client, "q=fresh-swap")["fresh-swap"]["owner"] == "after"
+        assert self.names(client, "metadata[v]=2") == ["fresh-swap"]
+        client.post("/jobs/fresh-swap/toggle")
+        assert listed(client, "q=fresh-swap")["fresh-swap"]["disabled"] is True
+
+    @staticmethod
+    def names(client: Client, query: str) -> list[str]:
+        return list(listed(client, query))
