@@ -47,6 +47,11 @@ LOST_RECORD_LIMIT = 1000
 # single raft entry grows past a few hundred kilobytes.
 BATCH_LIMIT = 500
 RESTART_AFTER_FAILURE_S = 1.0
+# A slot this many seconds past due when its turn comes is settled like a slot
+# missed while no leader ran, by the job's catch-up policy. A scheduler that
+# falls this far behind (a node past its capacity, a loop blocked for seconds)
+# otherwise fires every slot it owes one by one and falls further behind.
+BEHIND_S = 5.0
 
 Submit = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
 # (job, node to avoid if possible) -> the nodes a run goes to; [] when none match
@@ -233,9 +238,14 @@ class Scheduler:
         return commands
 
     def _catch_up(
-        self, job: dict[str, Any], parsed: schedule.Schedule, since: float, now: float
+        self,
+        job: dict[str, Any],
+        parsed: schedule.Schedule,
+        since: float,
+        now: float,
+        why: str = "no leader fired this slot",
     ) -> list[dict[str, Any]]:
-        """Commands for the slots after ``since`` that no leader fired."""
+        """Commands for the slots after ``since`` that were not fired in time."""
         mode = job.get("catchup") or "latest"
         window = jobs.window_seconds(job.get("catchup_window"))
         start = max(since, now - window)
@@ -251,7 +261,7 @@ class Scheduler:
         lost = [s for s in slots if s not in run]
         commands: list[dict[str, Any]] = []
         if lost:
-            reason = f"lost: no leader fired this slot; catchup is {mode}"
+            reason = f"lost: {why}; catchup is {mode}"
             if truncated or older:
                 reason += (
                     "; older slots since "
@@ -343,33 +353,67 @@ class Scheduler:
         if not self.running:
             return
 
-        # Take everything due within the lead time: one commit for the burst.
+        # Take what is due within the lead time: one commit for the burst. A
+        # pass takes at most one batch; the rest of a larger burst follows in
+        # the next loop turn, so requests and outcomes are served in between.
         now = time.time()
-        commands = []
-        while self._heap and self._heap[0][0] - FIRE_LEAD_S <= now:
+        commands: list[dict[str, Any]] = []
+        while (
+            self._heap
+            and self._heap[0][0] - FIRE_LEAD_S <= now
+            and len(commands) < BATCH_LIMIT
+        ):
             due, _, kind, tagged = heapq.heappop(self._heap)
             generation, _, key = tagged.partition("|")
             if kind == "job":
-                command = self._fire_job(key, int(generation), due)
+                commands += self._fire_job(key, int(generation), due, now)
             else:
                 command = self._fire_pending(key)
-            if command is not None:
-                commands.append(command)
+                if command is not None:
+                    commands.append(command)
         if commands:
             IOLoop.current().add_callback(self._submit_batch, commands)
         self._arm()
 
-    def _fire_job(self, name: str, generation: int, slot: float) -> dict | None:
+    def _fire_job(
+        self, name: str, generation: int, slot: float, now: float
+    ) -> list[dict[str, Any]]:
         if self._generation.get(name) != generation:
-            return None  # the job changed since this entry was planned
+            return []  # the job changed since this entry was planned
         job = self._jobs.get(name)
         if job is None or job["disabled"]:
-            return None
+            return []
+        if slot < now - BEHIND_S:
+            return self._fire_behind(job, slot, now)
         command = fire_command(job, slot, "schedule", self.place(job, ""), self.keep)
         self._fired_upto[name] = slot
         job["last_scheduled_at"] = slot
         self._plan(job, slot)
-        return command
+        return [command]
+
+    def _fire_behind(
+        self, job: dict[str, Any], slot: float, now: float
+    ) -> list[dict[str, Any]]:
+        """Settle the slots from ``slot`` to now by the job's catch-up policy."""
+        parsed = self._parse(job)
+        if parsed is None:
+            return []
+        since = job.get("last_scheduled_at")
+        if since is None or since >= slot:
+            since = slot - 0.001
+        behind = f"the scheduler was {now - slot:.1f}s behind this slot"
+        commands = self._catch_up(job, parsed, since, now, behind)
+        logger.warning(
+            "scheduler %.1fs behind job %s: slots since %s settled by catchup %s",
+            now - slot,
+            job["name"],
+            schedule.format_time(datetime.fromtimestamp(slot, UTC)),
+            job.get("catchup") or "latest",
+        )
+        self._fired_upto[job["name"]] = now
+        job["last_scheduled_at"] = now
+        self._plan(job, now)
+        return commands
 
     def _fire_pending(self, pending_id: str) -> dict | None:
         row = self.store.get_pending(pending_id)
