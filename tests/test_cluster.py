@@ -62,14 +62,30 @@ class TestForming:
         toggled = follower.client.post("/jobs/from-follower/toggle").json
         assert toggled["disabled"] is True
 
-    def test_runs_spread_over_the_servers(self, make_cluster):
+    def test_runs_spread_over_the_followers(self, make_cluster):
+        # The leader places runs on itself only when no other node matches: a
+        # run it placed on itself would be lost with it.
         cluster = make_cluster(3)
-        client = cluster.leader().client
+        leader = cluster.leader()
+        client = leader.client
         client.post("/jobs", job("spread", schedule="@every 1s"))
         wait_until(lambda: len(client.finished("spread")) >= 6, timeout=15)
         client.post("/jobs/spread/toggle")
         nodes = {r["node_name"] for r in client.finished("spread")}
-        assert nodes == {"n1", "n2", "n3"}
+        assert nodes == {"n1", "n2", "n3"} - {leader.name}
+
+    def test_a_run_for_every_matching_node_includes_the_leader(self, make_cluster):
+        cluster = make_cluster(3, "--tag", "role=all")
+        client = cluster.leader().client
+        tags = {"role": "all"}
+        client.post("/jobs", job("everywhere", schedule="@every 1s", tags=tags))
+        runs = wait_until(
+            lambda: len(client.finished("everywhere")) >= 3
+            and client.finished("everywhere"),
+            timeout=15,
+        )
+        client.post("/jobs/everywhere/toggle")
+        assert {r["node_name"] for r in runs} == {"n1", "n2", "n3"}
 
 
 class TestFaults:
