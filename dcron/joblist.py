@@ -25,15 +25,7 @@ from dcron.store import Store
 
 _COLUMNS = Store.JOB_ROW_COLUMNS
 _NAME = _COLUMNS.index("name")
-_BODY = _COLUMNS.index("body")
 _PARENT = _COLUMNS.index("parent_job")
-# The columns a job's body lacks, added as Store.get_job adds them; the name
-# and parent are in the body already.
-_SERVER_COLUMNS = tuple(
-    (index, column)
-    for index, column in enumerate(_COLUMNS)
-    if column not in ("name", "body", "parent_job")
-)
 _NEVER = datetime.max.replace(tzinfo=UTC)
 
 
@@ -94,11 +86,7 @@ class JobList:
         self, row: tuple[Any, ...], dependents: list[str] | None, now: datetime
     ) -> Listed:
         """One job's listing at ``now``, from its row and its dependents' names."""
-        job = json.loads(row[_BODY])
-        for index, column in _SERVER_COLUMNS:
-            job[column] = row[index]
-        job["dependent_jobs"] = dependents or []
-        out = jobs.as_json(job, now)
+        out = jobs.as_json(Store.job_from_row(row, dependents or ()), now)
 
         # The clock reaching the next fire shown is the one change that is not
         # in the row: until then, as_json renders this job the same.

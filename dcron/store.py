@@ -251,24 +251,31 @@ class Store:
         name = job["name"]
         parent = job.get("parent_job")
         if parent:
-            if JobRow.get_or_none(JobRow.name == parent) is None:
+            if self._parent_of(parent) is None:
                 return {"error": "parent_job: no job named " + parent, "status": 400}
             if self._would_cycle(name, parent):
                 return {"error": "parent_job: would form a cycle", "status": 400}
 
         at = command["at"]
-        existing = JobRow.get_or_none(JobRow.name == name)
-        fields = {
-            "body": json.dumps(job, sort_keys=True),
-            "parent_job": parent,
-            "disabled": job["disabled"],
-            "updated_at": at,
-        }
-        if existing is None:
-            JobRow.create(name=name, created_at=at, **fields)
-        else:
-            JobRow.update(**fields).where(JobRow.name == name).execute()
-        return {"job": self.get_job(name), "created": existing is None}
+        body = json.dumps(job, sort_keys=True)
+        updated = self._sql(
+            "update job set body = ?, parent_job = ?, disabled = ?, updated_at = ?"
+            " where name = ?",
+            (body, parent, job["disabled"], at, name),
+        ).rowcount
+        if not updated:
+            self._sql(
+                "insert into job (name, body, parent_job, disabled, status,"
+                " success_count, error_count, skip_count, lost_count, created_at,"
+                " updated_at) values (?, ?, ?, ?, '', 0, 0, 0, 0, ?, ?)",
+                (name, body, parent, job["disabled"], at, at),
+            )
+        return {"job": self.get_job(name), "created": not updated}
+
+    def _parent_of(self, name: str) -> tuple[str | None] | None:
+        """(parent_job,) of the job ``name``; None when there is no such job."""
+        row = self._sql("select parent_job from job where name = ?", (name,))
+        return row.fetchone()  # type: ignore[no-any-return]
 
     def _would_cycle(self, name: str, parent: str) -> bool:
         seen = set()
@@ -277,8 +284,8 @@ class Store:
             if current == name:
                 return True
             seen.add(current)
-            row = JobRow.get_or_none(JobRow.name == current)
-            current = row.parent_job if row else None
+            row = self._parent_of(current)
+            current = row[0] if row else None
         return False
 
     def _apply_delete_job(self, seq: int, command: dict[str, Any]) -> Result:
@@ -670,45 +677,6 @@ class Store:
 
     # ---- reads -------------------------------------------------------------
 
-    def _job_dict(self, row: JobRow, dependents: Iterable[str]) -> dict[str, Any]:
-        job = json.loads(row.body)
-        job.update(
-            dependent_jobs=sorted(dependents),
-            status=row.status,
-            success_count=row.success_count,
-            error_count=row.error_count,
-            skip_count=row.skip_count,
-            lost_count=row.lost_count,
-            last_success=row.last_success,
-            last_error=row.last_error,
-            last_scheduled_at=row.last_scheduled_at,
-            created_at=row.created_at,
-            updated_at=row.updated_at,
-        )
-        return job
-
-    def dependents(self, name: str) -> list[str]:
-        query = JobRow.select(JobRow.name).where(JobRow.parent_job == name)
-        return [row.name for row in query]
-
-    def get_job(self, name: str) -> dict[str, Any] | None:
-        row = JobRow.get_or_none(JobRow.name == name)
-        if row is None:
-            return None
-        return self._job_dict(row, self.dependents(name))
-
-    def list_jobs(self) -> list[dict[str, Any]]:
-        children: dict[str, list[str]] = {}
-        query = JobRow.select(JobRow.name, JobRow.parent_job).where(
-            JobRow.parent_job.is_null(False)
-        )
-        for row in query:
-            children.setdefault(str(row.parent_job), []).append(row.name)
-        return [
-            self._job_dict(row, children.get(row.name, ()))
-            for row in JobRow.select().order_by(JobRow.name)
-        ]
-
     JOB_ROW_COLUMNS = (
         "name",
         "body",
@@ -724,6 +692,35 @@ class Store:
         "created_at",
         "updated_at",
     )
+    _JOB_SELECT = f"select {', '.join(JOB_ROW_COLUMNS)} from job"
+
+    @classmethod
+    def job_from_row(
+        cls, row: tuple[Any, ...], dependents: Iterable[str]
+    ) -> dict[str, Any]:
+        """A job as the store returns it, from a row of ``JOB_ROW_COLUMNS``."""
+        job: dict[str, Any] = json.loads(row[1])
+        job.update(zip(cls.JOB_ROW_COLUMNS[3:], row[3:], strict=True))
+        job["dependent_jobs"] = sorted(dependents)
+        return job
+
+    def dependents(self, name: str) -> list[str]:
+        rows = self._sql("select name from job where parent_job = ?", (name,))
+        return [child for (child,) in rows]
+
+    def get_job(self, name: str) -> dict[str, Any] | None:
+        row = self._sql(self._JOB_SELECT + " where name = ?", (name,)).fetchone()
+        if row is None:
+            return None
+        return self.job_from_row(row, self.dependents(name))
+
+    def list_jobs(self) -> list[dict[str, Any]]:
+        rows = self.job_rows()
+        children: dict[str, list[str]] = {}
+        for row in rows:
+            if row[2]:
+                children.setdefault(row[2], []).append(row[0])
+        return [self.job_from_row(row, children.get(row[0], ())) for row in rows]
 
     def job_rows(self) -> list[tuple[Any, ...]]:
         """Every job as a plain tuple of ``JOB_ROW_COLUMNS``, by name.
@@ -731,8 +728,7 @@ class Store:
         The raw rows, with the body still JSON text: listing ten thousand jobs
         must not build ten thousand model objects.
         """
-        sql = f"select {', '.join(self.JOB_ROW_COLUMNS)} from job order by name"
-        return database.connection().execute(sql).fetchall()
+        return self._sql(self._JOB_SELECT + " order by name").fetchall()
 
     def job_count(self) -> int:
         return JobRow.select().count()
