@@ -7,6 +7,13 @@ Standard output and standard error share one pipe so their order is kept,
 and only the first and last ``output_keep`` bytes are held, however much the
 command prints.
 
+A run goes through three steps. ``prepare`` builds the argv and environment
+ahead of the slot; ``start`` spawns the process at the slot, synchronously, so
+a burst of runs due at one instant is spawned back to back in one callback;
+``supervise`` then watches the process to its end. ``run`` does all three.
+Processes are reaped through pidfds, not asyncio's child watcher: no thread
+per process, and no coroutine between a slot and its fork.
+
 Everything here is a coroutine or a quick call and never blocks the event
 loop; the module knows nothing of HTTP, Raft or the store.
 """
@@ -20,6 +27,7 @@ import os
 import shlex
 import signal
 import subprocess
+import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -159,15 +167,41 @@ class _OutputPipe(asyncio.Protocol):
             self._closed.set_result(None)
 
 
+@dataclass(frozen=True)
+class PreparedRun:
+    """A run made ready ahead of its slot: what start() needs, already built."""
+
+    spec: RunSpec
+    argv: list[str]
+    env: dict[str, str]
+    # Why the command cannot start (shlex cannot split it); start() says so.
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class StartedRun:
+    """A process start() spawned; supervise() sees it through to its result."""
+
+    spec: RunSpec
+    pid: int
+    started_at: datetime
+
+
 @dataclass
 class _Run:
     """One execution in progress on this node."""
 
     spec: RunSpec
-    process: asyncio.subprocess.Process
+    popen: subprocess.Popen[bytes]
+    started_at: datetime
+    clock: float  # time.monotonic() at the start
+    read_fd: int  # the output pipe, until supervise() connects it
     output: _BoundedOutput
-    exited: asyncio.Task[int]
+    # The exit code as Popen gives it (-N for signal N), once reaped.
+    exited: asyncio.Future[int]
     pipe_closed: asyncio.Future[None]
+    # Resolved when supervise() is done with the run.
+    supervised: asyncio.Future[None]
     stopping: asyncio.Task[None] | None = None
     stopped: bool = False
     timed_out: bool = False
@@ -178,8 +212,8 @@ class Executor:
 
     def __init__(self) -> None:
         self._runs: dict[str, _Run] = {}
-        # Futures of run() calls not yet returned, including ones still
-        # spawning, so shutdown() can wait for every result.
+        # One future per started run, resolved once supervise() is done with
+        # it, so shutdown() can wait for every result.
         self._pending: set[asyncio.Future[None]] = set()
         self._shutdown_grace_s: float | None = None
 
@@ -198,23 +232,142 @@ class Executor:
         Never raises for the command's sake: a command that cannot start gives
         exit code -1 and the reason in the output.
         """
+        started = self.start(self.prepare(spec))
+        if isinstance(started, RunResult):
+            return started
+        return await self.supervise(started)
+
+    def prepare(self, spec: RunSpec) -> PreparedRun:
+        """Build the argv and the environment of ``spec``, ahead of its slot.
+
+        Never raises: a command that cannot be split is carried to start(),
+        which reports it at the slot like any other run that cannot start.
+        """
+        try:
+            argv = ["/bin/sh", "-c", spec.command] if spec.shell else _split(spec)
+        except ValueError as exc:
+            return PreparedRun(spec, [], {}, str(exc))
+
+        # The caller's env comes last: it may name the run differently
+        # (retries of one slot share one DCRON_EXECUTION_ID).
+        env = {
+            **os.environ,
+            "DCRON_JOB_NAME": spec.job_name,
+            "DCRON_EXECUTION_ID": spec.execution_id,
+            **spec.env,
+        }
+        return PreparedRun(spec, argv, env)
+
+    def start(self, prepared: PreparedRun) -> StartedRun | RunResult:
+        """Spawn the process of a prepared run now, without yielding to the loop.
+
+        Call it on the event loop's thread, and hand what it returns to
+        supervise(): every started process needs it to be reaped. A run that
+        cannot start gives its not-started result instead; never raises for
+        the command's sake.
+        """
+        spec = prepared.spec
         started_at = datetime.now(UTC)
         if self._shutdown_grace_s is not None:
             return _not_started(spec, started_at, "the node is shutting down")
         if spec.execution_id in self._runs:
             return _not_started(spec, started_at, "execution is already running")
-        try:
-            argv = ["/bin/sh", "-c", spec.command] if spec.shell else _split(spec)
-        except ValueError as exc:
-            return _not_started(spec, started_at, str(exc))
+        if prepared.error is not None:
+            return _not_started(spec, started_at, prepared.error)
+        loop = asyncio.get_running_loop()
 
-        done = asyncio.get_running_loop().create_future()
-        self._pending.add(done)
+        # Our own pipe rather than PIPE: the output waits in it until
+        # supervise() connects the read end, and no file object of Popen's
+        # needs closing.
         try:
-            return await self._run(spec, argv, started_at)
+            read_fd, write_fd = os.pipe()
+        except OSError as exc:
+            return _not_started(spec, started_at, str(exc))
+        try:
+            popen = subprocess.Popen(
+                prepared.argv,
+                stdin=subprocess.DEVNULL,
+                stdout=write_fd,
+                stderr=subprocess.STDOUT,
+                cwd=spec.cwd,
+                env=prepared.env,
+                start_new_session=True,
+            )
+        except (OSError, ValueError, subprocess.SubprocessError) as exc:
+            os.close(read_fd)
+            return _not_started(spec, started_at, str(exc))
         finally:
-            done.set_result(None)
-            self._pending.discard(done)
+            os.close(write_fd)
+
+        run = _Run(
+            spec=spec,
+            popen=popen,
+            started_at=started_at,
+            clock=time.monotonic(),
+            read_fd=read_fd,
+            output=_BoundedOutput(spec.output_keep),
+            exited=loop.create_future(),
+            pipe_closed=loop.create_future(),
+            supervised=loop.create_future(),
+        )
+        self._runs[spec.execution_id] = run
+        self._pending.add(run.supervised)
+        logger.info(
+            "job %s execution %s started (pid %d)",
+            spec.job_name,
+            spec.execution_id,
+            popen.pid,
+        )
+        return StartedRun(spec, popen.pid, started_at)
+
+    async def supervise(self, started: StartedRun) -> RunResult:
+        """Watch a started run to its end and return its result.
+
+        Reads the output, enforces the timeout and reaps the process; call it
+        once per StartedRun. Never raises for the command's sake.
+        """
+        spec = started.spec
+        run = self._runs[spec.execution_id]
+        loop = asyncio.get_running_loop()
+        try:
+            _watch_exit(run, loop)
+            transport, _ = await loop.connect_read_pipe(
+                lambda: _OutputPipe(run.output, run.pipe_closed),
+                os.fdopen(run.read_fd, "rb", 0),
+            )
+            try:
+                await self._wait_for_end(run)
+            finally:
+                transport.close()
+        finally:
+            del self._runs[spec.execution_id]
+            if run.popen.returncode is None:
+                # Only when supervise() itself is cancelled: leave nothing
+                # behind. The exit watcher still reaps the process.
+                _signal_group(run.popen.pid, signal.SIGKILL)
+            run.supervised.set_result(None)
+            self._pending.discard(run.supervised)
+
+        exit_code = _exit_code(run.popen.returncode)
+        success = exit_code == 0 and not run.stopped and not run.timed_out
+        took = time.monotonic() - run.clock
+        logger.log(
+            logging.INFO if success else logging.WARNING,
+            "job %s execution %s exited %d in %.2fs",
+            spec.job_name,
+            spec.execution_id,
+            exit_code,
+            took,
+        )
+        return RunResult(
+            exit_code=exit_code,
+            success=success,
+            output=run.output.render(),
+            output_truncated=run.output.truncated,
+            started_at=run.started_at,
+            finished_at=datetime.now(UTC),
+            timed_out=run.timed_out,
+        )
 
     async def terminate(self, execution_id: str, reason: str) -> bool:
         """Stop a running execution: SIGTERM its group, grace, SIGKILL.
@@ -239,7 +392,7 @@ class Executor:
         """Stop every running execution for a node stop and wait for their results.
 
         Each group gets SIGTERM, then SIGKILL if still there after ``grace_s``;
-        each output says the node shut down. Later run() calls do not start.
+        each output says the node shut down. Later runs do not start.
         """
         self._shutdown_grace_s = grace_s
         pending = set(self._pending)
@@ -251,94 +404,8 @@ class Executor:
             self._begin_stop(run, "stopped because the node shut down", grace_s)
         await asyncio.wait(pending)
 
-    async def _run(
-        self, spec: RunSpec, argv: list[str], started_at: datetime
-    ) -> RunResult:
-        loop = asyncio.get_running_loop()
-        output = _BoundedOutput(spec.output_keep)
-        pipe_closed: asyncio.Future[None] = loop.create_future()
-
-        # Our own pipe rather than PIPE: asyncio's Process.wait() waits for its
-        # pipes to close, which a detached grandchild could prevent for ever.
-        try:
-            read_fd, write_fd = os.pipe()
-        except OSError as exc:
-            return _not_started(spec, started_at, str(exc))
-        transport, _ = await loop.connect_read_pipe(
-            lambda: _OutputPipe(output, pipe_closed), os.fdopen(read_fd, "rb", 0)
-        )
-        try:
-            process = await asyncio.create_subprocess_exec(
-                *argv,
-                stdin=subprocess.DEVNULL,
-                stdout=write_fd,
-                stderr=subprocess.STDOUT,
-                cwd=spec.cwd,
-                # The caller's env comes last: it may name the run differently
-                # (retries of one slot share one DCRON_EXECUTION_ID).
-                env={
-                    **os.environ,
-                    "DCRON_JOB_NAME": spec.job_name,
-                    "DCRON_EXECUTION_ID": spec.execution_id,
-                    **spec.env,
-                },
-                start_new_session=True,
-            )
-        except (OSError, ValueError, subprocess.SubprocessError) as exc:
-            transport.close()
-            return _not_started(spec, started_at, str(exc))
-        finally:
-            os.close(write_fd)
-
-        clock = time.monotonic()
-        run = _Run(
-            spec, process, output, asyncio.ensure_future(process.wait()), pipe_closed
-        )
-        self._runs[spec.execution_id] = run
-        logger.info(
-            "job %s execution %s started (pid %d)",
-            spec.job_name,
-            spec.execution_id,
-            process.pid,
-        )
-        try:
-            await self._supervise(run)
-        finally:
-            transport.close()
-            del self._runs[spec.execution_id]
-            if process.returncode is None:
-                # Only when run() itself is cancelled: leave nothing behind.
-                _signal_group(process.pid, signal.SIGKILL)
-
-        exit_code = _exit_code(process.returncode)
-        success = exit_code == 0 and not run.stopped and not run.timed_out
-        took = time.monotonic() - clock
-        logger.log(
-            logging.INFO if success else logging.WARNING,
-            "job %s execution %s exited %d in %.2fs",
-            spec.job_name,
-            spec.execution_id,
-            exit_code,
-            took,
-        )
-        return RunResult(
-            exit_code=exit_code,
-            success=success,
-            output=output.render(),
-            output_truncated=output.truncated,
-            started_at=started_at,
-            finished_at=datetime.now(UTC),
-            timed_out=run.timed_out,
-        )
-
-    async def _supervise(self, run: _Run) -> None:
+    async def _wait_for_end(self, run: _Run) -> None:
         spec = run.spec
-        if self._shutdown_grace_s is not None:
-            # shutdown() began while this process was being spawned.
-            self._begin_stop(
-                run, "stopped because the node shut down", self._shutdown_grace_s
-            )
-
         timeout = spec.timeout_s or None
         await asyncio.wait({run.exited}, timeout=timeout)
         if not run.exited.done():
@@ -376,9 +443,74 @@ class Executor:
             run.stopping = asyncio.ensure_future(_kill_group(run, why, grace_s))
 
 
+def _watch_exit(run: _Run, loop: asyncio.AbstractEventLoop) -> None:
+    """Reap the run's process when it exits, then resolve ``run.exited``.
+
+    A pidfd turns the exit into an event of the loop: no thread and no SIGCHLD
+    handler. Without pidfds (Linux before 5.3) a thread waits for the process.
+    Either way the process is reaped here and Popen is told its return code,
+    so it never waits for the process itself.
+    """
+    pid = run.popen.pid
+    try:
+        pidfd = os.pidfd_open(pid)
+    except (AttributeError, OSError) as exc:
+        logger.debug("pid %d watched by a thread: %s", pid, exc)
+        # A thread of its own, not the loop's executor: a few long runs would
+        # otherwise hold every worker and leave the others unreaped.
+        threading.Thread(
+            target=_wait_in_thread, args=(run, loop), name=f"wait-{pid}", daemon=True
+        ).start()
+        return
+
+    def on_exit() -> None:
+        returncode = _reap(pid, os.WNOHANG)
+        if returncode is None:
+            return
+        loop.remove_reader(pidfd)
+        os.close(pidfd)
+        _exited(run, returncode)
+
+    loop.add_reader(pidfd, on_exit)
+
+
+def _wait_in_thread(run: _Run, loop: asyncio.AbstractEventLoop) -> None:
+    returncode = _reap(run.popen.pid, 0)
+    if returncode is None:
+        return
+    try:
+        loop.call_soon_threadsafe(_exited, run, returncode)
+    except RuntimeError:
+        # The loop closed meanwhile; Popen must still not wait for the pid.
+        run.popen.returncode = returncode
+
+
+def _reap(pid: int, options: int) -> int | None:
+    """Wait for one process: its return code, or None while it still runs.
+
+    The code is as Popen gives it: -N for death by signal N.
+    """
+    try:
+        reaped, status = os.waitpid(pid, options)
+    except ChildProcessError:
+        # Another waitpid() caller took the status; asyncio says 255 then.
+        logger.warning("pid %d was reaped elsewhere; its exit code is lost", pid)
+        return 255
+    if reaped == 0:
+        return None
+    return os.waitstatus_to_exitcode(status)
+
+
+def _exited(run: _Run, returncode: int) -> None:
+    # Popen would otherwise wait for the pid itself, from poll() or __del__.
+    run.popen.returncode = returncode
+    if not run.exited.done():
+        run.exited.set_result(returncode)
+
+
 async def _kill_group(run: _Run, why: str, grace_s: float) -> None:
     """SIGTERM the run's process group, then SIGKILL whatever outlives the grace."""
-    pgid = run.process.pid
+    pgid = run.popen.pid
     if not _signal_group(pgid, signal.SIGTERM):
         # The command and everything it forked had already ended on their own,
         # as when terminate() comes while the output drains.
@@ -423,7 +555,7 @@ def _split(spec: RunSpec) -> list[str]:
 
 
 def _exit_code(returncode: int | None) -> int:
-    # asyncio reports death by signal N as -N; shells report it as 128+N.
+    # Popen reports death by signal N as -N; shells report it as 128+N.
     if returncode is None:
         return EXIT_NOT_STARTED
     return 128 - returncode if returncode < 0 else returncode

@@ -30,7 +30,7 @@ from dcron import __version__, jobs, schedule, systemd
 from dcron.api import make_app
 from dcron.config import Config, check_data_dir
 from dcron.errors import Conflict, DcronError, NotFound, Unavailable
-from dcron.executor import Executor, RunResult, RunSpec
+from dcron.executor import Executor, PreparedRun, RunResult, RunSpec, StartedRun
 from dcron.health import HealthMonitor
 from dcron.replication import (
     KeyRefused,
@@ -75,6 +75,10 @@ class Node:
         self.stopping = False
         self.started_at = time.time()
         self._runs: set[str] = set()
+        # Runs waiting for their start time, by that time: one timer each.
+        self._due: dict[
+            float, list[tuple[dict[str, Any], PreparedRun | RunResult]]
+        ] = {}
         self._placements = itertools.count()
         self._finishing: list[tuple[dict[str, Any], asyncio.Future[None]]] = []
         self._placement_cache: (
@@ -431,22 +435,89 @@ class Node:
     # ---- running jobs ------------------------------------------------------
 
     def _start_run(self, execution: dict[str, Any], job: dict[str, Any]) -> None:
+        """Make a run ready and queue it with the others due at its instant.
+
+        Runs come here when their fire commits, normally half a second ahead
+        of the slot. Their argv and environment are built now, and all runs
+        due at one instant share one timer, so at the slot nothing stands
+        between their forks.
+        """
         if self.stopping:
             return
         self._runs.add(execution["id"])
-        delay = execution["started_at"] - time.time()
-        IOLoop.current().call_later(max(0.0, delay), self._run, execution, job)
+        prepared = self._prepare(execution, job)
 
-    async def _run(self, execution: dict[str, Any], job: dict[str, Any]) -> None:
-        status = None
+        start_at = execution["started_at"]
+        due = self._due.get(start_at)
+        if due is None:
+            due = self._due[start_at] = []
+            self._arm(start_at)
+        due.append((execution, prepared))
+
+    def _arm(self, start_at: float) -> None:
+        # The timer runs on the loop's monotonic clock; the delay comes from
+        # the wall clock the slot is named in.
+        delay = max(0.0, start_at - time.time())
+        self._loop.call_later(delay, self._start_due, start_at)
+
+    def _prepare(
+        self, execution: dict[str, Any], job: dict[str, Any]
+    ) -> PreparedRun | RunResult:
+        try:
+            return self.executor.prepare(self._spec(execution, job))
+        except Exception as exc:
+            return self._could_not_run(execution, job["name"], exc)
+
+    def _start_due(self, start_at: float) -> None:
+        """Spawn every run due at ``start_at``, back to back, then watch each.
+
+        The processes start in this one callback: with a coroutine per run,
+        the first fork would wait for every other run's preamble.
+        """
+        if time.time() < start_at:
+            # The loop's clock ran ahead of the wall clock; a run never starts
+            # before its time.
+            self._arm(start_at)
+            return
+        due = self._due.pop(start_at, [])
+
+        outcomes: list[tuple[dict[str, Any], StartedRun | RunResult, str | None]]
         if self.stopping:
-            # Fired ahead of its slot, but the node began stopping first.
+            # Fired ahead of their slot, but the node began stopping first.
             now = datetime.now(UTC)
             note = f"[dcron: interrupted: node {self.name} shut down before the run"
             result = RunResult(-1, False, note + " started]\n", False, now, now, False)
-            status = "interrupted"
+            outcomes = [(execution, result, "interrupted") for execution, _ in due]
         else:
-            result = await self._execute(execution, job)
+            outcomes = [
+                (execution, self._launch(execution, prepared), None)
+                for execution, prepared in due
+            ]
+
+        for execution, outcome, status in outcomes:
+            self._loop.add_callback(self._run, execution, outcome, status)
+
+    def _launch(
+        self, execution: dict[str, Any], prepared: PreparedRun | RunResult
+    ) -> StartedRun | RunResult:
+        if isinstance(prepared, RunResult):
+            return prepared
+        try:
+            return self.executor.start(prepared)
+        except Exception as exc:
+            return self._could_not_run(execution, prepared.spec.job_name, exc)
+
+    async def _run(
+        self,
+        execution: dict[str, Any],
+        outcome: StartedRun | RunResult,
+        status: str | None,
+    ) -> None:
+        """See one run to its end and commit how it ended."""
+        if isinstance(outcome, StartedRun):
+            result = await self._execute(execution, outcome)
+        else:
+            result = outcome
         await self._finish(
             {
                 "op": "finish",
@@ -465,17 +536,21 @@ class Node:
         self._runs.discard(execution["id"])
 
     async def _execute(
-        self, execution: dict[str, Any], job: dict[str, Any]
+        self, execution: dict[str, Any], started: StartedRun
     ) -> RunResult:
         try:
-            return await self.executor.run(self._spec(execution, job))
+            return await self.executor.supervise(started)
         except Exception as exc:
-            logger.exception(
-                "job %s execution %s could not run", job["name"], execution["id"]
-            )
-            now = datetime.now(UTC)
-            output = f"[dcron: could not run: {exc}]\n"
-            return RunResult(-1, False, output, False, now, now, False)
+            return self._could_not_run(execution, started.spec.job_name, exc)
+
+    def _could_not_run(
+        self, execution: dict[str, Any], job_name: str, exc: Exception
+    ) -> RunResult:
+        """The result of a run dcron itself failed; call it from an except block."""
+        logger.exception("job %s execution %s could not run", job_name, execution["id"])
+        now = datetime.now(UTC)
+        output = f"[dcron: could not run: {exc}]\n"
+        return RunResult(-1, False, output, False, now, now, False)
 
     def _spec(self, execution: dict[str, Any], job: dict[str, Any]) -> RunSpec:
         config = job["executor_config"]
@@ -551,7 +626,10 @@ class Node:
         matching nodes; tags without a count ask for every matching node, as in
         Dkron; no tags at all ask for one node. Among the candidates the least
         busy go first, taking turns, and ``avoid`` (where a failed attempt ran)
-        goes last.
+        goes last. The leader puts itself after the other candidates: a run it
+        placed on itself is lost if it dies before the slot, while a follower's
+        runs survive a failover, and a leader spared the processes keeps its
+        heartbeats on time.
         """
         wanted: dict[str, str] = {}
         counts: list[int] = []
@@ -573,7 +651,14 @@ class Node:
         turn = next(self._placements)
         ranked = sorted(matching)
         ranked = ranked[turn % len(ranked) :] + ranked[: turn % len(ranked)]
-        ranked.sort(key=lambda name: (name == avoid, busy.get(name, 0)))
+        leading = self.scheduler.running
+        ranked.sort(
+            key=lambda name: (
+                name == avoid,
+                leading and name == self.name,
+                busy.get(name, 0),
+            )
+        )
         return ranked[:count]
 
     def _placement_view(self) -> tuple[list[dict[str, Any]], dict[str, int]]:

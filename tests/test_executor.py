@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import itertools
 import logging
 import os
 import signal
 import time
+import warnings
 from collections.abc import Awaitable, Callable
 from datetime import UTC
 from pathlib import Path
@@ -16,7 +18,7 @@ from typing import Any, TypeVar
 import pytest
 
 from dcron import executor
-from dcron.executor import Executor, RunResult, RunSpec
+from dcron.executor import Executor, RunResult, RunSpec, StartedRun
 
 T = TypeVar("T")
 
@@ -438,3 +440,175 @@ class TestLogging:
         assert lines[-1][1].startswith(
             f"job backup execution {job.execution_id} exited 2 in "
         )
+
+
+def reaped(pid: int) -> bool:
+    """Whether ``pid`` is no longer a child of ours, zombie or not."""
+    try:
+        os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        return True
+    return False
+
+
+class TestStartedTogether:
+    def test_fifty_runs_started_in_one_callback_each_report_their_own_end(
+        self,
+    ) -> None:
+        jobs = [spec(f"echo run {i}; exit {i % 7}") for i in range(50)]
+
+        async def scenario() -> tuple[list[StartedRun | RunResult], list[RunResult]]:
+            ex = Executor()
+            prepared = [ex.prepare(job) for job in jobs]
+            started = [ex.start(ready) for ready in prepared]
+            handles = [s for s in started if isinstance(s, StartedRun)]
+            return started, await asyncio.gather(*map(ex.supervise, handles))
+
+        started, results = within(20, scenario())
+
+        assert all(isinstance(s, StartedRun) for s in started)
+        assert [r.exit_code for r in results] == [i % 7 for i in range(50)]
+        assert [r.output for r in results] == [f"run {i}\n" for i in range(50)]
+        assert all(reaped(s.pid) for s in started if isinstance(s, StartedRun))
+
+    def test_started_at_is_taken_before_the_process_runs(self) -> None:
+        async def scenario() -> RunResult:
+            ex = Executor()
+            started = ex.start(ex.prepare(spec("exec date +%s%N")))
+            assert isinstance(started, StartedRun)
+            return await ex.supervise(started)
+
+        result = asyncio.run(scenario())
+
+        assert int(result.output) >= result.started_at.timestamp() * 1e9 - 1000
+
+    def test_output_printed_before_supervision_begins_is_kept(self) -> None:
+        async def scenario() -> RunResult:
+            ex = Executor()
+            started = ex.start(ex.prepare(spec("echo early")))
+            assert isinstance(started, StartedRun)
+            await asyncio.sleep(0.3)
+            return await ex.supervise(started)
+
+        result = asyncio.run(scenario())
+
+        assert result.output == "early\n"
+        assert result.exit_code == 0
+
+    def test_a_run_leaves_no_zombie_and_no_warning(self) -> None:
+        async def scenario() -> int:
+            ex = Executor()
+            started = ex.start(ex.prepare(spec("exit 4")))
+            assert isinstance(started, StartedRun)
+            await ex.supervise(started)
+            return started.pid
+
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            pid = asyncio.run(scenario())
+            gc.collect()
+
+        assert reaped(pid)
+        assert [str(w.message) for w in caught] == []
+
+    def test_a_spawn_failure_is_a_result_not_an_exception(self) -> None:
+        async def scenario() -> tuple[list[StartedRun | RunResult], list[str]]:
+            ex = Executor()
+            outcomes = [
+                ex.start(ex.prepare(spec("true", cwd="/nope"))),
+                ex.start(ex.prepare(spec("no-such-program", shell=False))),
+                ex.start(ex.prepare(spec("echo 'oops", shell=False))),
+            ]
+            return outcomes, ex.running()
+
+        outcomes, running = asyncio.run(scenario())
+
+        assert running == []
+        assert all(isinstance(o, RunResult) for o in outcomes)
+        missing_cwd, missing_program, unbalanced = (
+            o for o in outcomes if isinstance(o, RunResult)
+        )
+        assert missing_cwd.exit_code == -1
+        assert missing_cwd.output == (
+            "[dcron: could not start: [Errno 2] No such file or directory: '/nope']\n"
+        )
+        assert missing_program.exit_code == -1
+        assert "could not start: [Errno 2]" in missing_program.output
+        assert unbalanced.output == "[dcron: could not start: No closing quotation]\n"
+
+    def test_a_timeout_still_kills_the_group(self) -> None:
+        async def scenario() -> RunResult:
+            ex = Executor()
+            started = ex.start(
+                ex.prepare(spec("echo waiting; sleep 30", timeout_s=0.3))
+            )
+            assert isinstance(started, StartedRun)
+            return await ex.supervise(started)
+
+        result = within(5, scenario())
+
+        assert result.timed_out
+        assert result.exit_code == 128 + signal.SIGTERM
+        assert result.output == (
+            "waiting\n[dcron: timed out after 0.3s; sent SIGTERM]\n"
+        )
+
+    def test_terminate_before_supervision_begins_stops_the_run(self) -> None:
+        async def scenario() -> RunResult:
+            ex = Executor()
+            started = ex.start(ex.prepare(spec("sleep 30")))
+            assert isinstance(started, StartedRun)
+            terminating = asyncio.ensure_future(
+                ex.terminate(started.spec.execution_id, "replaced")
+            )
+            result = await ex.supervise(started)
+            assert await terminating
+            return result
+
+        result = within(5, scenario())
+
+        assert result.exit_code == 128 + signal.SIGTERM
+        assert not result.success
+        assert result.output == "[dcron: terminated: replaced; sent SIGTERM]\n"
+
+    def test_shutdown_waits_for_a_run_not_yet_supervised(self) -> None:
+        async def scenario() -> tuple[RunResult, RunResult]:
+            ex = Executor()
+            started = ex.start(ex.prepare(spec("sleep 30")))
+            assert isinstance(started, StartedRun)
+            stopping = asyncio.ensure_future(ex.shutdown(grace_s=1))
+            result = await ex.supervise(started)
+            await stopping
+            return result, await ex.run(spec("true"))
+
+        result, later = within(5, scenario())
+
+        assert result.exit_code == 128 + signal.SIGTERM
+        assert "node shut down" in result.output
+        assert later.exit_code == -1
+        assert "shutting down" in later.output
+
+
+class TestWithoutPidfds:
+    """Kernels before Linux 5.3 have no pidfd_open; a thread waits instead."""
+
+    def test_exit_codes_and_timeouts_still_work(
+        self, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        monkeypatch.delattr(os, "pidfd_open")
+
+        async def scenario() -> list[RunResult]:
+            ex = Executor()
+            return list(
+                await asyncio.gather(
+                    ex.run(spec("echo done; exit 3")),
+                    ex.run(spec("sleep 30", timeout_s=0.3)),
+                )
+            )
+
+        exited, timed_out = within(5, scenario())
+
+        assert exited.exit_code == 3
+        assert exited.output == "done\n"
+        assert timed_out.timed_out
+        assert timed_out.exit_code == 128 + signal.SIGTERM

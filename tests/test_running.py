@@ -271,3 +271,39 @@ class TestPolicies:
         )[0]
         assert run["finished_at"] is None
         assert run["status"] == "running"
+
+
+class TestBursts:
+    def test_jobs_due_at_the_same_second_each_run_once_and_never_early(
+        self, client, tmp_path
+    ):
+        names = [f"burst{i:02d}" for i in range(20)]
+        for name in names:
+            command = f'echo "$DCRON_SCHEDULED_AT $(date +%s%N)" >> {tmp_path / name}'
+            client.post("/jobs", job(name, schedule="@every 1s", command=command))
+        wait_until(
+            lambda: all(len(client.finished(name)) >= 3 for name in names), timeout=30
+        )
+        for name in names:
+            client.post(f"/jobs/{name}/toggle")
+        wait_until(
+            lambda: all(
+                e["finished_at"] for name in names for e in client.executions(name)
+            ),
+            timeout=10,
+        )
+
+        started: dict[str, dict[str, int]] = {}
+        for name in names:
+            lines = (tmp_path / name).read_text().split()
+            slots, stamps = lines[::2], [int(ns) for ns in lines[1::2]]
+            assert len(set(slots)) == len(slots), f"{name} ran a slot twice"
+            started[name] = dict(zip(slots, stamps, strict=True))
+            for slot, ns in started[name].items():
+                assert ns >= parse(slot).timestamp() * 1e9, f"{name} ran early"
+            for run in client.finished(name):
+                assert run["success"], run
+                assert run["scheduled_at"] in started[name]
+                assert parse(run["started_at"]) >= parse(run["scheduled_at"])
+        shared = set.intersection(*(set(runs) for runs in started.values()))
+        assert shared, "no second saw every job run"
