@@ -428,7 +428,8 @@ class Node:
         elif op in ("finish", "interrupt"):
             # A closed run may owe a retry or dependents' runs, and the first
             # success of an ephemeral job deletes it.
-            loop.add_callback(self.scheduler.reload_pending)
+            if op == "interrupt" or "owed" in result:
+                loop.add_callback(self.scheduler.reload_pending)
             if "deleted_job" in result:
                 loop.add_callback(self.scheduler.job_changed, result["deleted_job"])
 
@@ -673,9 +674,7 @@ class Node:
         if self._placement_cache is not None and now < self._placement_cache[0]:
             return self._placement_cache[1], self._placement_cache[2]
         candidates = [m for m in self.store.members() if self._placeable(m)]
-        busy: dict[str, int] = {}
-        for run in self.store.open_executions():
-            busy[run["node_name"]] = busy.get(run["node_name"], 0) + 1
+        busy = self.store.open_counts()
         self._placement_cache = (now + PLACEMENT_CACHE_S, candidates, busy)
         return candidates, busy
 

@@ -757,6 +757,14 @@ class Store:
             query = query.where(ExecutionRow.node_name == node_name)
         return _dicts(query)
 
+    def open_counts(self) -> dict[str, int]:
+        """How many runs are open on each node, by node name."""
+        rows = self._sql(
+            "select node_name, count(*) from execution where status = 'running'"
+            " group by node_name"
+        )
+        return dict(rows.fetchall())
+
     def get_pending(self, pending_id: str) -> dict[str, Any] | None:
         return PendingRow.select().where(PendingRow.id == pending_id).dicts().first()
 
