@@ -16,7 +16,6 @@ import json
 import logging
 import os
 import signal
-import sys
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -865,7 +864,6 @@ class Node:
 
 async def serve(config: Config) -> int:
     """Run a node until SIGINT or SIGTERM; return the process exit status."""
-    _watch_children_without_threads()
     node = Node(config)
     try:
         await node.start()
@@ -874,21 +872,3 @@ async def serve(config: Config) -> int:
         return EXIT_JOIN_FAILED
     await node.run_until_stopped()
     return 0
-
-
-def _watch_children_without_threads() -> None:
-    """Wait for job processes through pidfds instead of a thread per process.
-
-    Python 3.11's default child watcher starts one thread per subprocess; at
-    dozens of runs a second those threads fight the raft tick thread for the
-    GIL, late heartbeats start elections, and leadership churns. Python 3.12
-    and later use pidfds by themselves.
-    """
-    if sys.version_info >= (3, 12) or not hasattr(asyncio, "PidfdChildWatcher"):
-        return
-    try:
-        watcher = asyncio.PidfdChildWatcher()
-        watcher.attach_loop(asyncio.get_running_loop())
-        asyncio.set_child_watcher(watcher)
-    except OSError as exc:  # a kernel without pidfd_open (before Linux 5.3)
-        logger.info("job processes are watched by threads: %s", exc)
