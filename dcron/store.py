@@ -93,7 +93,12 @@ class ExecutionRow(BaseModel):
 
     class Meta:
         table_name = "execution"
-        indexes = ((("job_name", "seq"), False), (("status",), False))
+        indexes = (
+            (("job_name", "seq"), False),
+            (("status",), False),
+            # Whether a job still has runs open, asked at every outcome.
+            (("job_name", "status"), False),
+        )
 
 
 EXECUTION_COLUMNS = tuple(ExecutionRow._meta.sorted_field_names)
@@ -447,32 +452,43 @@ class Store:
     def _apply_miss(self, seq: int, command: dict[str, Any]) -> Result:
         """Record slots no leader fired, and that the catch-up policy will not run."""
         name = command["job"]
-        row = JobRow.get_or_none(JobRow.name == name)
+        row = self._sql(
+            "select last_scheduled_at from job where name = ?", (name,)
+        ).fetchone()
         if row is None:
             return {"ignored": "job deleted"}
-        last = row.last_scheduled_at
+        last = row[0]
         slots = [s for s in command["slots"] if last is None or s > last]
+        if not slots:
+            return {"recorded": 0}
+        records = []
         for offset, slot in enumerate(slots):
             execution_id = f"{command['id_prefix']}{offset:04d}"
-            ExecutionRow.create(
-                id=execution_id,
-                group=execution_id,
-                job_name=name,
-                seq=seq * 100 + min(offset, 99),
-                scheduled_at=slot,
-                node_name="",
-                trigger="schedule",
-                status="lost",
-                success=False,
-                finished_at=command["at"],
-                output=command["reason"],
+            records.append(
+                {
+                    **EXECUTION_DEFAULTS,
+                    "id": execution_id,
+                    "group": execution_id,
+                    "job_name": name,
+                    "seq": seq * 100 + min(offset, 99),
+                    "scheduled_at": slot,
+                    "started_at": None,
+                    "node_name": "",
+                    "trigger": "schedule",
+                    "status": "lost",
+                    "success": False,
+                    "finished_at": command["at"],
+                    "output": command["reason"],
+                    "attempt": 1,
+                }
             )
-        if slots:
-            JobRow.update(
-                lost_count=JobRow.lost_count + len(slots),
-                last_scheduled_at=max(slots),
-            ).where(JobRow.name == name).execute()
-            self._prune(name, command["keep"])
+        self._insert_executions(records)
+        self._sql(
+            "update job set lost_count = lost_count + ?, last_scheduled_at = ?"
+            " where name = ?",
+            (len(slots), max(slots), name),
+        )
+        self._prune(name, command["keep"])
         return {"recorded": len(slots)}
 
     def _prune(self, name: str, keep: int) -> None:
