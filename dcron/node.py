@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import signal
+import sys
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -57,6 +58,7 @@ JOIN_RETRY_S = 1.0
 EXIT_JOIN_FAILED = 1
 LEAVE_TIMEOUT_S = 5.0
 TERM_GRACE_S = 5.0
+GIL_SWITCH_S = 0.0005
 RAFT_STATES = {0: "follower", 1: "candidate", 2: "leader"}
 
 
@@ -864,6 +866,12 @@ class Node:
 
 async def serve(config: Config) -> int:
     """Run a node until SIGINT or SIGTERM; return the process exit status."""
+    # The loop thread spawns processes and the raft tick thread applies
+    # commands; each spawn releases the GIL, and with Python's default 5 ms
+    # switch interval the loop then waits up to 5 ms to get it back from a
+    # busy tick thread. A burst of 500 spawns took seconds that way and the
+    # node fell behind at 500 runs/s (docs/benchmarks.md).
+    sys.setswitchinterval(GIL_SWITCH_S)
     node = Node(config)
     try:
         await node.start()
