@@ -59,6 +59,10 @@ EXIT_JOIN_FAILED = 1
 LEAVE_TIMEOUT_S = 5.0
 TERM_GRACE_S = 5.0
 GIL_SWITCH_S = 0.0005
+# A shell run whose start is further away than this when its fire commits is
+# spawned at once and held at its gate until its start time.
+GATE_AHEAD_MIN_S = 0.005
+Ready = PreparedRun | StartedRun | RunResult
 RAFT_STATES = {0: "follower", 1: "candidate", 2: "leader"}
 
 
@@ -77,9 +81,9 @@ class Node:
         self.started_at = time.time()
         self._runs: set[str] = set()
         # Runs waiting for their start time, by that time: one timer each.
-        self._due: dict[
-            float, list[tuple[dict[str, Any], PreparedRun | RunResult]]
-        ] = {}
+        # Runs by start time: prepared, spawned ahead and held at their gate,
+        # or already known not to start.
+        self._due: dict[float, list[tuple[dict[str, Any], Ready]]] = {}
         self._placements = itertools.count()
         self._finishing: list[tuple[dict[str, Any], asyncio.Future[None]]] = []
         self._placement_cache: (
@@ -289,6 +293,8 @@ class Node:
             self.http.stop()
         self._monitor.stop()
         self.scheduler.stop()
+        for start_at in list(self._due):
+            self._not_run(self._due.pop(start_at))
         # Running jobs get the grace period to finish on their own; what is
         # still running then is terminated (SIGTERM, then SIGKILL).
         deadline = time.time() + self.config.shutdown_grace
@@ -440,21 +446,32 @@ class Node:
         """Make a run ready and queue it with the others due at its instant.
 
         Runs come here when their fire commits, normally half a second ahead
-        of the slot. Their argv and environment are built now, and all runs
-        due at one instant share one timer, so at the slot nothing stands
-        between their forks.
+        of the slot. A shell run is spawned now and held at its gate, so at the
+        slot starting it is one write (executor.start(gated=True)); any other
+        run has its argv and environment built now. All runs due at one
+        instant share one timer.
         """
         if self.stopping:
             return
         self._runs.add(execution["id"])
-        prepared = self._prepare(execution, job)
-
+        ready: Ready = self._prepare(execution, job)
         start_at = execution["started_at"]
+        if (
+            isinstance(ready, PreparedRun)
+            and ready.gateable
+            and start_at - time.time() > GATE_AHEAD_MIN_S
+        ):
+            ready = self._launch(execution, ready, gated=True)
+            if isinstance(ready, StartedRun):
+                # Supervised from now: a shell stopped at its gate (the node
+                # stopping, the run replaced) is reported like any other.
+                self._loop.add_callback(self._run, execution, ready, None)
+
         due = self._due.get(start_at)
         if due is None:
             due = self._due[start_at] = []
             self._arm(start_at)
-        due.append((execution, prepared))
+        due.append((execution, ready))
 
     def _arm(self, start_at: float) -> None:
         # The timer runs on the loop's monotonic clock; the delay comes from
@@ -471,10 +488,11 @@ class Node:
             return self._could_not_run(execution, job["name"], exc)
 
     def _start_due(self, start_at: float) -> None:
-        """Spawn every run due at ``start_at``, back to back, then watch each.
+        """Start every run due at ``start_at``, back to back, then watch each.
 
-        The processes start in this one callback: with a coroutine per run,
-        the first fork would wait for every other run's preamble.
+        Runs spawned ahead are released first, one write each; the others
+        are spawned after them in this same callback: with a coroutine per
+        run, the first fork would wait for every other run's preamble.
         """
         if time.time() < start_at:
             # The loop's clock ran ahead of the wall clock; a run never starts
@@ -482,30 +500,42 @@ class Node:
             self._arm(start_at)
             return
         due = self._due.pop(start_at, [])
-
-        outcomes: list[tuple[dict[str, Any], StartedRun | RunResult, str | None]]
         if self.stopping:
-            # Fired ahead of their slot, but the node began stopping first.
-            now = datetime.now(UTC)
-            note = f"[dcron: interrupted: node {self.name} shut down before the run"
-            result = RunResult(-1, False, note + " started]\n", False, now, now, False)
-            outcomes = [(execution, result, "interrupted") for execution, _ in due]
-        else:
-            outcomes = [
-                (execution, self._launch(execution, prepared), None)
-                for execution, prepared in due
-            ]
+            self._not_run(due)
+            return
 
-        for execution, outcome, status in outcomes:
-            self._loop.add_callback(self._run, execution, outcome, status)
+        for _, ready in due:
+            if isinstance(ready, StartedRun):
+                self.executor.release(ready.spec.execution_id)
+        for execution, ready in due:
+            if not isinstance(ready, StartedRun):
+                outcome = self._launch(execution, ready)
+                self._loop.add_callback(self._run, execution, outcome, None)
+
+    def _not_run(self, due: list[tuple[dict[str, Any], Ready]]) -> None:
+        """Record runs fired ahead of their slot when the node stops first."""
+        why = f"node {self.name} shut down before the run started"
+        now = datetime.now(UTC)
+        result = RunResult(
+            -1, False, f"[dcron: interrupted: {why}]\n", False, now, now, False, False
+        )
+        for execution, ready in due:
+            if isinstance(ready, StartedRun):
+                # Its supervision records it.
+                self.executor.cancel(ready.spec.execution_id, f"interrupted: {why}")
+            else:
+                self._loop.add_callback(self._run, execution, result, "interrupted")
 
     def _launch(
-        self, execution: dict[str, Any], prepared: PreparedRun | RunResult
+        self,
+        execution: dict[str, Any],
+        prepared: PreparedRun | RunResult,
+        gated: bool = False,
     ) -> StartedRun | RunResult:
         if isinstance(prepared, RunResult):
             return prepared
         try:
-            return self.executor.start(prepared)
+            return self.executor.start(prepared, gated)
         except Exception as exc:
             return self._could_not_run(execution, prepared.spec.job_name, exc)
 
@@ -520,6 +550,8 @@ class Node:
             result = await self._execute(execution, outcome)
         else:
             result = outcome
+        if status is None and not result.started and self.stopping:
+            status = "interrupted"
         await self._finish(
             {
                 "op": "finish",

@@ -8,6 +8,8 @@ import itertools
 import logging
 import os
 import signal
+import subprocess
+import sys
 import time
 import warnings
 from collections.abc import Awaitable, Callable
@@ -612,3 +614,107 @@ class TestWithoutPidfds:
         assert exited.output == "done\n"
         assert timed_out.timed_out
         assert timed_out.exit_code == 128 + signal.SIGTERM
+
+
+class TestSpawnedAhead:
+    """Shell runs spawned before their slot, held at a gate until release()."""
+
+    def test_the_command_begins_at_release_and_times_from_there(
+        self, tmp_path: Path
+    ) -> None:
+        marker = tmp_path / "began"
+        job = spec(f"date +%s%N > {marker}; cat; exit 4", timeout_s=1.0)
+
+        async def scenario() -> tuple[float, float, RunResult]:
+            ex = Executor()
+            ahead = ex.start(ex.prepare(job), gated=True)
+            assert isinstance(ahead, StartedRun)
+            supervised = asyncio.ensure_future(ex.supervise(ahead))
+            # Held longer than its timeout: the timeout counts from release.
+            held_until = time.monotonic() + 1.5
+            await eventually(lambda: time.monotonic() > held_until, what="hold")
+            assert not marker.exists()
+            released_at = time.time()
+            assert ex.release(job.execution_id)
+            assert not ex.release(job.execution_id)
+            result = await supervised
+            return released_at, int(marker.read_text()) / 1e9, result
+
+        released_at, began_at, result = within(10, scenario())
+
+        assert began_at >= released_at
+        assert result.started_at.timestamp() >= released_at - 0.001
+        # stdin is /dev/null once released: cat ends at once, no timeout.
+        assert result.exit_code == 4
+        assert not result.timed_out
+        assert result.started
+
+    def test_a_cancelled_run_never_runs_its_command(self, tmp_path: Path) -> None:
+        marker = tmp_path / "ran"
+        job = spec(f"touch {marker}")
+
+        async def scenario() -> RunResult:
+            ex = Executor()
+            ahead = ex.start(ex.prepare(job), gated=True)
+            assert isinstance(ahead, StartedRun)
+            supervised = asyncio.ensure_future(ex.supervise(ahead))
+            assert ex.cancel(job.execution_id, "the node stopped first")
+            return await supervised
+
+        result = within(10, scenario())
+
+        assert not marker.exists()
+        assert not result.started
+        assert result.exit_code == -1
+        assert "could not start: the node stopped first" in result.output
+
+    def test_a_terminated_run_is_stopped_at_its_gate(self, tmp_path: Path) -> None:
+        marker = tmp_path / "ran"
+        job = spec(f"touch {marker}")
+
+        async def scenario() -> RunResult:
+            ex = Executor()
+            ahead = ex.start(ex.prepare(job), gated=True)
+            assert isinstance(ahead, StartedRun)
+            supervised = asyncio.ensure_future(ex.supervise(ahead))
+            assert await ex.terminate(job.execution_id, "replaced by a newer run")
+            return await supervised
+
+        result = within(10, scenario())
+
+        assert not marker.exists()
+        assert not result.started
+        assert "terminated: replaced by a newer run" in result.output
+
+    def test_the_command_never_runs_when_the_node_dies_first(
+        self, tmp_path: Path
+    ) -> None:
+        # A process that spawns a run ahead and dies: its end of the gate
+        # closes without "go", and the shell must leave without the command.
+        marker = tmp_path / "ran"
+        pid_file = tmp_path / "pid"
+        holder = (
+            "import asyncio, os, sys\n"
+            "from dcron.executor import Executor, RunSpec\n"
+            "async def main():\n"
+            "    ex = Executor()\n"
+            f"    job = RunSpec('e1', 'j', 'touch {marker}')\n"
+            "    ahead = ex.start(ex.prepare(job), gated=True)\n"
+            f"    open('{pid_file}', 'w').write(str(ahead.pid))\n"
+            "    os._exit(0)\n"
+            "asyncio.run(main())\n"
+        )
+        root = Path(__file__).resolve().parent.parent
+        proc = subprocess.run(
+            [sys.executable, "-c", holder], cwd=root, timeout=30, check=True
+        )
+        assert proc.returncode == 0
+        shell = int(pid_file.read_text())
+        wait_until_gone(shell)
+        assert not marker.exists()
+
+    def test_only_shell_runs_are_held(self) -> None:
+        ex = Executor()
+        assert ex.prepare(spec("true")).gateable
+        assert not ex.prepare(spec("/bin/true", shell=False)).gateable
+        assert not ex.prepare(spec("'unbalanced", shell=False)).gateable

@@ -146,6 +146,34 @@ class TestLifecycle:
         assert run["status"] == "failed"
         assert "node shut down" in run["output"]
 
+    def test_runs_held_for_their_slot_when_the_node_stops_are_interrupted(
+        self, make_node, tmp_path
+    ):
+        # Fires commit half a second before the slot, and shell runs are then
+        # spawned and held at their gate. A node stopping in between must not
+        # run them, and records each as interrupted.
+        node = make_node("--shutdown-grace", "2")
+        client = node.client
+        ran = tmp_path / "ran"
+        for i in range(5):
+            command = f"echo $DCRON_EXECUTION_ID >> {ran}"
+            client.post("/jobs", job(f"held{i}", schedule="@every 1s", command=command))
+        wait_until(lambda: ran.exists() and len(ran.read_text().split()) >= 5)
+        # Three quarters into a second: the next slot's runs are held.
+        now = time.time()
+        stop_at = int(now) + 1.75 if now % 1 > 0.5 else int(now) + 0.75
+        wait_until(lambda: time.time() >= stop_at, timeout=3)
+        assert node.stop() == 0
+
+        node.start()
+        runs = [r for i in range(5) for r in node.client.executions(f"held{i}")]
+        held = [r for r in runs if r["status"] == "interrupted"]
+        assert held, runs
+        started = set(ran.read_text().split())
+        for run in held:
+            assert "node n1 shut down before the run started" in run["output"]
+            assert run["id"] not in started
+
     def test_a_restart_keeps_every_job_counter_and_execution(self, make_node):
         node = make_node()
         client = node.client
