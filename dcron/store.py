@@ -768,10 +768,18 @@ class Store:
         )
 
     def open_executions(self, node_name: str | None = None) -> list[dict[str, Any]]:
-        query = ExecutionRow.select().where(ExecutionRow.status == "running")
+        """The runs still open (id, node_name, started_at), on one node or all.
+
+        Read every second by the leader's health round, so fixed SQL and the
+        three columns it needs, not every row's output.
+        """
+        sql = "select id, node_name, started_at from execution where status = ?"
+        params: tuple[str, ...] = ("running",)
         if node_name is not None:
-            query = query.where(ExecutionRow.node_name == node_name)
-        return _dicts(query)
+            sql += " and node_name = ?"
+            params += (node_name,)
+        keys = ("id", "node_name", "started_at")
+        return [dict(zip(keys, row, strict=True)) for row in self._sql(sql, params)]
 
     def open_counts(self) -> dict[str, int]:
         """How many runs are open on each node, by node name."""
