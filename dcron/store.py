@@ -749,23 +749,32 @@ class Store:
     def job_count(self) -> int:
         return JobRow.select().count()
 
+    _EXECUTION_SELECT = "select {} from execution".format(
+        ", ".join(f'"{column}"' for column in EXECUTION_COLUMNS)
+    )
+
+    @staticmethod
+    def _execution(row: tuple[Any, ...]) -> dict[str, Any]:
+        execution = dict(zip(EXECUTION_COLUMNS, row, strict=True))
+        if execution["success"] is not None:
+            execution["success"] = bool(execution["success"])
+        execution["output_truncated"] = bool(execution["output_truncated"])
+        return execution
+
     def executions(self, name: str, limit: int | None = None) -> list[dict[str, Any]]:
-        query = (
-            ExecutionRow.select()
-            .where(ExecutionRow.job_name == name)
-            .order_by(ExecutionRow.seq.desc())
+        """A job's executions, newest first."""
+        rows = self._sql(
+            self._EXECUTION_SELECT + " where job_name = ? order by seq desc limit ?",
+            (name, -1 if limit is None else limit),
         )
-        if limit is not None:
-            query = query.limit(limit)
-        return _dicts(query)
+        return [self._execution(row) for row in rows]
 
     def get_execution(self, name: str, execution_id: str) -> dict[str, Any] | None:
-        return (
-            ExecutionRow.select()
-            .where((ExecutionRow.job_name == name) & (ExecutionRow.id == execution_id))
-            .dicts()
-            .first()
-        )
+        row = self._sql(
+            self._EXECUTION_SELECT + " where id = ? and job_name = ?",
+            (execution_id, name),
+        ).fetchone()
+        return None if row is None else self._execution(row)
 
     def open_executions(self, node_name: str | None = None) -> list[dict[str, Any]]:
         """The runs still open (id, node_name, started_at), on one node or all.
