@@ -19,6 +19,7 @@ import os
 import signal
 import sys
 import time
+from collections import deque
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -63,6 +64,11 @@ GIL_SWITCH_S = 0.0005
 # A shell run whose start is further away than this when its fire commits is
 # spawned at once and held at its gate until its start time.
 GATE_AHEAD_MIN_S = 0.005
+# Runs are spawned ahead in slices of at most this long, so the requests and
+# outcomes that arrive meanwhile are served between slices: a fork and an exec
+# take about half a millisecond, and a burst of a thousand runs spawned in one
+# callback would hold the loop for half a second.
+SPAWN_SLICE_S = 0.005
 Ready = PreparedRun | StartedRun | RunResult
 RAFT_STATES = {0: "follower", 1: "candidate", 2: "leader"}
 
@@ -81,10 +87,13 @@ class Node:
         self.stopping = False
         self.started_at = time.time()
         self._runs: set[str] = set()
-        # Runs waiting for their start time, by that time: one timer each.
-        # Runs by start time: prepared, spawned ahead and held at their gate,
-        # or already known not to start.
-        self._due: dict[float, list[tuple[dict[str, Any], Ready]]] = {}
+        # Runs waiting for their start time, by that time (one timer each),
+        # then by execution id: prepared, spawned ahead and held at their
+        # gate, or already known not to start.
+        self._due: dict[float, dict[str, tuple[dict[str, Any], Ready]]] = {}
+        # (start time, execution id) of the prepared runs to spawn ahead.
+        self._ahead: deque[tuple[float, str]] = deque()
+        self._spawning = False
         self._placements = itertools.count()
         self._finishing: list[tuple[dict[str, Any], asyncio.Future[None]]] = []
         self._placement_cache: (
@@ -295,7 +304,7 @@ class Node:
         self._monitor.stop()
         self.scheduler.stop()
         for start_at in list(self._due):
-            self._not_run(self._due.pop(start_at))
+            self._not_run(list(self._due.pop(start_at).values()))
         # Running jobs get the grace period to finish on their own; what is
         # still running then is terminated (SIGTERM, then SIGKILL).
         deadline = time.time() + self.config.shutdown_grace
@@ -451,32 +460,58 @@ class Node:
         """Make a run ready and queue it with the others due at its instant.
 
         Runs come here when their fire commits, normally half a second ahead
-        of the slot. A shell run is spawned now and held at its gate, so at the
-        slot starting it is one write (executor.start(gated=True)); any other
-        run has its argv and environment built now. All runs due at one
-        instant share one timer.
+        of the slot, and have their argv and environment built now. A shell
+        run is also queued to be spawned ahead and held at its gate
+        (_spawn_ahead), so that at the slot starting it is one write. All runs
+        due at one instant share one timer.
         """
         if self.stopping:
             return
         self._runs.add(execution["id"])
         ready: Ready = self._prepare(execution, job)
         start_at = execution["started_at"]
-        if (
-            isinstance(ready, PreparedRun)
-            and ready.gateable
-            and start_at - time.time() > GATE_AHEAD_MIN_S
-        ):
-            ready = self._launch(execution, ready, gated=True)
-            if isinstance(ready, StartedRun):
-                # Supervised from now: a shell stopped at its gate (the node
-                # stopping, the run replaced) is reported like any other.
-                self._loop.add_callback(self._run, execution, ready, None)
-
         due = self._due.get(start_at)
         if due is None:
-            due = self._due[start_at] = []
+            due = self._due[start_at] = {}
             self._arm(start_at)
-        due.append((execution, ready))
+        due[execution["id"]] = (execution, ready)
+        if isinstance(ready, PreparedRun) and ready.gateable:
+            self._ahead.append((start_at, execution["id"]))
+            if not self._spawning:
+                self._spawning = True
+                self._loop.add_callback(self._spawn_ahead)
+
+    def _spawn_ahead(self) -> None:
+        """Spawn queued shell runs held at their gates, one slice at a time.
+
+        A run whose start time comes before its turn is left prepared, and
+        _start_due spawns it with the others due then.
+        """
+        deadline = time.monotonic() + SPAWN_SLICE_S
+        while self._ahead and time.monotonic() < deadline:
+            start_at, execution_id = self._ahead.popleft()
+            # Its instant came, or the node stops: the run is handled there.
+            # (The instant's runs may be a later batch fired late for it.)
+            entry = self._due.get(start_at, {}).get(execution_id)
+            if entry is None or self.stopping:
+                continue
+            execution, prepared = entry
+            if (
+                not isinstance(prepared, PreparedRun)
+                or start_at - time.time() <= GATE_AHEAD_MIN_S
+            ):
+                continue
+            due = self._due[start_at]
+            started = self._launch(execution, prepared, gated=True)
+            due[execution_id] = (execution, started)
+            if isinstance(started, StartedRun):
+                # Supervised from now: a shell stopped at its gate (the node
+                # stopping, the run replaced) is reported like any other.
+                self._loop.add_callback(self._run, execution, started, None)
+        if self._ahead:
+            self._loop.add_callback(self._spawn_ahead)
+        else:
+            self._spawning = False
 
     def _arm(self, start_at: float) -> None:
         # The timer runs on the loop's monotonic clock; the delay comes from
@@ -504,7 +539,7 @@ class Node:
             # before its time.
             self._arm(start_at)
             return
-        due = self._due.pop(start_at, [])
+        due = list(self._due.pop(start_at, {}).values())
         if self.stopping:
             self._not_run(due)
             return

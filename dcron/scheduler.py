@@ -358,6 +358,7 @@ class Scheduler:
         # the next loop turn, so requests and outcomes are served in between.
         now = time.time()
         commands: list[dict[str, Any]] = []
+        behind: list[tuple[float, str]] = []
         while (
             self._heap
             and self._heap[0][0] - FIRE_LEAD_S <= now
@@ -366,17 +367,40 @@ class Scheduler:
             due, _, kind, tagged = heapq.heappop(self._heap)
             generation, _, key = tagged.partition("|")
             if kind == "job":
-                commands += self._fire_job(key, int(generation), due, now)
+                commands += self._fire_job(key, int(generation), due, now, behind)
             else:
                 command = self._fire_pending(key)
                 if command is not None:
                     commands.append(command)
+        if behind:
+            self._warn_behind(behind)
         if commands:
             IOLoop.current().add_callback(self._submit_batch, commands)
         self._arm()
 
+    @staticmethod
+    def _warn_behind(behind: list[tuple[float, str]]) -> None:
+        # One line a pass: a node past its capacity falls behind on hundreds
+        # of jobs at once, and a line for each would bury the log.
+        lag = max(lag for lag, _ in behind)
+        names = ", ".join(name for _, name in behind[:10])
+        more = f" and {len(behind) - 10} more" if len(behind) > 10 else ""
+        logger.warning(
+            "scheduler up to %.1fs behind job%s %s%s: their slots since then "
+            "settled by each job's catchup",
+            lag,
+            "s" if len(behind) > 1 else "",
+            names,
+            more,
+        )
+
     def _fire_job(
-        self, name: str, generation: int, slot: float, now: float
+        self,
+        name: str,
+        generation: int,
+        slot: float,
+        now: float,
+        behind: list[tuple[float, str]],
     ) -> list[dict[str, Any]]:
         if self._generation.get(name) != generation:
             return []  # the job changed since this entry was planned
@@ -384,6 +408,7 @@ class Scheduler:
         if job is None or job["disabled"]:
             return []
         if slot < now - BEHIND_S:
+            behind.append((now - slot, name))
             return self._fire_behind(job, slot, now)
         command = fire_command(job, slot, "schedule", self.place(job, ""), self.keep)
         self._fired_upto[name] = slot
@@ -403,9 +428,8 @@ class Scheduler:
             since = slot - 0.001
         behind = f"the scheduler was {now - slot:.1f}s behind this slot"
         commands = self._catch_up(job, parsed, since, now, behind)
-        logger.warning(
-            "scheduler %.1fs behind job %s: slots since %s settled by catchup %s",
-            now - slot,
+        logger.debug(
+            "job %s slots since %s settled by catchup %s",
             job["name"],
             schedule.format_time(datetime.fromtimestamp(slot, UTC)),
             job.get("catchup") or "latest",
