@@ -33,7 +33,7 @@ DRAIN_S = 5.0
 PROBE_WINDOW_S = 10
 FIRST_RATE = 50
 MAX_RATE = 3200
-BISECT_STEPS = 2
+BISECT_STEPS = 4
 STEP_DOWN = 0.8
 
 TargetFactory = Callable[[Path], targets.Target]

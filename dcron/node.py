@@ -64,11 +64,11 @@ GIL_SWITCH_S = 0.0005
 # A shell run whose start is further away than this when its fire commits is
 # spawned at once and held at its gate until its start time.
 GATE_AHEAD_MIN_S = 0.005
-# Runs are spawned ahead in slices of at most this long, so the requests and
-# outcomes that arrive meanwhile are served between slices: a fork and an exec
-# take about half a millisecond, and a burst of a thousand runs spawned in one
-# callback would hold the loop for half a second.
-SPAWN_SLICE_S = 0.005
+# Runs are spawned ahead in slices of at most this long, so the requests, the
+# outcomes and the start timers that come due meanwhile wait at most this long:
+# a fork and an exec take about half a millisecond, and a burst of a thousand
+# runs spawned in one callback would hold the loop for half a second.
+SPAWN_SLICE_S = 0.002
 Ready = PreparedRun | StartedRun | RunResult
 RAFT_STATES = {0: "follower", 1: "candidate", 2: "leader"}
 
