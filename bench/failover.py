@@ -1,6 +1,7 @@
 """Failover: kill -9 the leader of 3 servers and time the next run.
 
-One ``@every 1s`` job runs RECORD_COMMAND. Several times over, the leader is
+Two ``@every 1s`` jobs run RECORD_COMMAND: one with the default catch-up
+policy (``latest``), one with ``all``. Several times over, the leader is
 killed with SIGKILL at a random point of a second; the benchmark times how
 long until a survivor names a new leader, until the next run starts (any
 run, as a user watching the job sees it), and until the first run the new
@@ -9,8 +10,10 @@ the kill, so the old leader cannot have committed it). The killed node is
 then restarted and the cluster left to settle before the next kill.
 
 Every second between the first and the last slot of the test is expected to
-run exactly once; the table counts slots missed and doubled, and the
-executions the API shows as ``interrupted`` (fired to the killed node).
+run exactly once for the ``all`` job; the table counts, for each job, slots
+missed and doubled, and the executions the API shows as ``lost`` (slots the
+policy settled without running: with ``latest``, all but the newest of the
+slots no leader fired) and ``interrupted`` (fired to the killed node).
 
     .venv/bin/python -m bench.failover [--quick] [--kills N]
 """
@@ -27,7 +30,8 @@ from typing import Any
 from bench import harness, targets
 from dcron.scheduler import FIRE_LEAD_S
 
-JOB = "failover"
+JOB = "failover"  # catchup latest, the default
+JOB_ALL = "failover-all"
 SETTLE_S = 5.0
 NEXT_RUN_TIMEOUT_S = 60.0
 
@@ -54,6 +58,10 @@ def first_run_after(record: Any, after: float, slot_after: float) -> float:
     )
 
 
+def records(path: Any, name: str) -> list[harness.Run]:
+    return [r for r in harness.read_records(path) if r.job == name]
+
+
 def main() -> None:
     parser = harness.arguments(__doc__.splitlines()[0])
     parser.add_argument("--kills", type=int)
@@ -71,10 +79,12 @@ def main() -> None:
         dcron.add_jobs(
             [
                 {
-                    "name": JOB,
+                    "name": name,
                     "schedule": "@every 1s",
                     "command": harness.record_command(record),
+                    "catchup": catchup,
                 }
+                for name, catchup in ((JOB, "latest"), (JOB_ALL, "all"))
             ]
         )
         began = time.time()
@@ -113,21 +123,31 @@ def main() -> None:
 
         ended = time.time()
         time.sleep(2.0)
-        history = dcron.executions([JOB])[JOB]
+        history = dcron.executions([JOB, JOB_ALL])
     finally:
         dcron.close()
 
-    runs = harness.read_records(record)
-    slots = Counter(int(r.slot) for r in runs)
-    first = min(s for s in slots if s > began + 1)
-    last = max(s for s in slots if s < ended)
+    every = Counter(int(r.slot) for r in harness.read_records(record))
+    first = min(s for s in every if s > began + 1)
+    last = max(s for s in every if s < ended)
     expected = range(first, last + 1)
-    missed = [s for s in expected if s not in slots]
-    doubled = [s for s in expected if slots[s] > 1]
-    interrupted = sum(1 for e in history if e["status"] == "interrupted")
-    api_slots = Counter(
-        e["scheduled_at"] for e in history if e["trigger"] == "schedule"
-    )
+    counts = []
+    for name in (JOB, JOB_ALL):
+        slots = Counter(int(r.slot) for r in records(record, name))
+        api = history[name]
+        api_slots = Counter(
+            e["scheduled_at"] for e in api if e["trigger"] == "schedule"
+        )
+        counts.append(
+            [
+                f"{name} (catchup {'latest' if name == JOB else 'all'})",
+                sum(1 for s in expected if s not in slots),
+                sum(1 for s in expected if slots[s] > 1),
+                sum(1 for e in api if e["status"] == "lost"),
+                sum(1 for e in api if e["status"] == "interrupted"),
+                sum(1 for n in api_slots.values() if n > 1),
+            ]
+        )
 
     harness.print_table(
         "each kill (seconds after the kill)",
@@ -144,27 +164,21 @@ def main() -> None:
     )
     median = [statistics.median(float(r[i]) for r in rows) for i in (3, 4, 5)]
     harness.print_table(
-        f"{kills} kills of the leader, {len(expected)} slots",
+        f"{kills} kills of the leader",
+        ["median elected s", "median next run s", "median next new-leader run s"],
+        [[f"{m:.2f}" for m in median]],
+    )
+    harness.print_table(
+        f"{len(expected)} slots, each expected once",
         [
-            "median elected s",
-            "median next run s",
-            "median next new-leader run s",
+            "job",
             "slots missed",
             "slots doubled",
+            "lost (API)",
             "interrupted (API)",
             "doubled (API)",
         ],
-        [
-            [
-                f"{median[0]:.2f}",
-                f"{median[1]:.2f}",
-                f"{median[2]:.2f}",
-                len(missed),
-                len(doubled),
-                interrupted,
-                sum(1 for n in api_slots.values() if n > 1),
-            ]
-        ],
+        counts,
     )
     harness.footer()
 

@@ -393,13 +393,9 @@ class Executor:
         return True
 
     def _released(self, run: _Run) -> None:
+        # Logged by supervise(), not here: a burst is released back to back,
+        # and a log line for each would delay the last of them.
         run.released.set_result(None)
-        logger.info(
-            "job %s execution %s started (pid %d)",
-            run.spec.job_name,
-            run.spec.execution_id,
-            run.popen.pid,
-        )
 
     async def supervise(self, started: StartedRun) -> RunResult:
         """Watch a started run to its end and return its result.
@@ -421,6 +417,12 @@ class Executor:
                 await asyncio.wait(begun, return_when=asyncio.FIRST_COMPLETED)
                 if not run.released.done():
                     return await self._never_released(run)
+                logger.info(
+                    "job %s execution %s started (pid %d)",
+                    spec.job_name,
+                    spec.execution_id,
+                    run.popen.pid,
+                )
                 await self._wait_for_end(run)
             finally:
                 transport.close()
