@@ -32,6 +32,7 @@ from dcron.scheduler import FIRE_LEAD_S
 
 JOB = "failover"  # catchup latest, the default
 JOB_ALL = "failover-all"
+CATCHUP = {JOB: "latest", JOB_ALL: "all"}
 SETTLE_S = 5.0
 NEXT_RUN_TIMEOUT_S = 60.0
 
@@ -84,7 +85,7 @@ def main() -> None:
                     "command": harness.record_command(record),
                     "catchup": catchup,
                 }
-                for name, catchup in ((JOB, "latest"), (JOB_ALL, "all"))
+                for name, catchup in CATCHUP.items()
             ]
         )
         began = time.time()
@@ -132,7 +133,7 @@ def main() -> None:
     last = max(s for s in every if s < ended)
     expected = range(first, last + 1)
     counts = []
-    for name in (JOB, JOB_ALL):
+    for name, catchup in CATCHUP.items():
         slots = Counter(int(r.slot) for r in records(record, name))
         api = history[name]
         api_slots = Counter(
@@ -140,7 +141,7 @@ def main() -> None:
         )
         counts.append(
             [
-                f"{name} (catchup {'latest' if name == JOB else 'all'})",
+                f"{name} (catchup {catchup})",
                 sum(1 for s in expected if s not in slots),
                 sum(1 for s in expected if slots[s] > 1),
                 sum(1 for e in api if e["status"] == "lost"),

@@ -64,12 +64,12 @@ def stored(node: harness.Node) -> int:
     """Executions the node keeps, from the jobs' counters: each job keeps its
     newest KEEP once every run it was given has finished."""
 
-    def settled() -> bool:
+    def settled() -> list[dict[str, Any]] | None:
         status, jobs = harness.call(node.url, "GET", "/jobs")
-        return status == 200 and all(job["status"] != "running" for job in jobs)
+        done = status == 200 and all(job["status"] != "running" for job in jobs)
+        return jobs if done else None
 
-    harness.wait_until(settled, 300, "runs finished", node, interval=0.5)
-    _, jobs = harness.call(node.url, "GET", "/jobs")
+    jobs = harness.wait_until(settled, 300, "runs finished", node, interval=0.5)
     return sum(min(KEEP, job["success_count"] + job["error_count"]) for job in jobs)
 
 

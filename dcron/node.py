@@ -492,8 +492,9 @@ class Node:
             start_at, execution_id = self._ahead.popleft()
             # Its instant came, or the node stops: the run is handled there.
             # (The instant's runs may be a later batch fired late for it.)
-            entry = self._due.get(start_at, {}).get(execution_id)
-            if entry is None or self.stopping:
+            due = self._due.get(start_at)
+            entry = None if due is None else due.get(execution_id)
+            if due is None or entry is None or self.stopping:
                 continue
             execution, prepared = entry
             if (
@@ -501,7 +502,6 @@ class Node:
                 or start_at - time.time() <= GATE_AHEAD_MIN_S
             ):
                 continue
-            due = self._due[start_at]
             started = self._launch(execution, prepared, gated=True)
             due[execution_id] = (execution, started)
             if isinstance(started, StartedRun):

@@ -358,7 +358,7 @@ class Scheduler:
         # the next loop turn, so requests and outcomes are served in between.
         now = time.time()
         commands: list[dict[str, Any]] = []
-        behind: list[tuple[float, str]] = []
+        lagging: list[tuple[float, str]] = []
         while (
             self._heap
             and self._heap[0][0] - FIRE_LEAD_S <= now
@@ -367,29 +367,29 @@ class Scheduler:
             due, _, kind, tagged = heapq.heappop(self._heap)
             generation, _, key = tagged.partition("|")
             if kind == "job":
-                commands += self._fire_job(key, int(generation), due, now, behind)
+                commands += self._fire_job(key, int(generation), due, now, lagging)
             else:
                 command = self._fire_pending(key)
                 if command is not None:
                     commands.append(command)
-        if behind:
-            self._warn_behind(behind)
+        if lagging:
+            self._warn_behind(lagging)
         if commands:
             IOLoop.current().add_callback(self._submit_batch, commands)
         self._arm()
 
     @staticmethod
-    def _warn_behind(behind: list[tuple[float, str]]) -> None:
+    def _warn_behind(lagging: list[tuple[float, str]]) -> None:
         # One line a pass: a node past its capacity falls behind on hundreds
         # of jobs at once, and a line for each would bury the log.
-        lag = max(lag for lag, _ in behind)
-        names = ", ".join(name for _, name in behind[:10])
-        more = f" and {len(behind) - 10} more" if len(behind) > 10 else ""
+        lag = max(lag for lag, _ in lagging)
+        names = ", ".join(name for _, name in lagging[:10])
+        more = f" and {len(lagging) - 10} more" if len(lagging) > 10 else ""
         logger.warning(
             "scheduler up to %.1fs behind job%s %s%s: their slots since then "
             "settled by each job's catchup",
             lag,
-            "s" if len(behind) > 1 else "",
+            "s" if len(lagging) > 1 else "",
             names,
             more,
         )
@@ -400,7 +400,7 @@ class Scheduler:
         generation: int,
         slot: float,
         now: float,
-        behind: list[tuple[float, str]],
+        lagging: list[tuple[float, str]],
     ) -> list[dict[str, Any]]:
         if self._generation.get(name) != generation:
             return []  # the job changed since this entry was planned
@@ -408,7 +408,7 @@ class Scheduler:
         if job is None or job["disabled"]:
             return []
         if slot < now - BEHIND_S:
-            behind.append((now - slot, name))
+            lagging.append((now - slot, name))
             return self._fire_behind(job, slot, now)
         command = fire_command(job, slot, "schedule", self.place(job, ""), self.keep)
         self._fired_upto[name] = slot
@@ -427,13 +427,8 @@ class Scheduler:
         if since is None or since >= slot:
             since = slot - 0.001
         behind = f"the scheduler was {now - slot:.1f}s behind this slot"
+        # The lost records name the slots; _warn_behind logs the pass.
         commands = self._catch_up(job, parsed, since, now, behind)
-        logger.debug(
-            "job %s slots since %s settled by catchup %s",
-            job["name"],
-            schedule.format_time(datetime.fromtimestamp(slot, UTC)),
-            job.get("catchup") or "latest",
-        )
         self._fired_upto[job["name"]] = now
         job["last_scheduled_at"] = now
         self._plan(job, now)
