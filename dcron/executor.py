@@ -11,8 +11,15 @@ A run goes through three steps. ``prepare`` builds the argv and environment
 ahead of the slot; ``start`` spawns the process at the slot, synchronously, so
 a burst of runs due at one instant is spawned back to back in one callback;
 ``supervise`` then watches the process to its end. ``run`` does all three.
-Processes are reaped through pidfds, not asyncio's child watcher: no thread
-per process, and no coroutine between a slot and its fork.
+
+The node does not fork. Its commands are spawned by a helper process started
+with nothing open (dcron.spawnd): ``start`` sends it one request with the
+run's pipe ends and returns at once, and the helper forks on the other core,
+reaps, and reports each pid and exit status back. A fork from the node itself
+cost its event loop half a millisecond a run, more the more descriptors it
+held (docs/benchmarks.md). Should the helper die, a new one is started for
+the next run; the runs it had spawned are watched to their end by pidfd, with
+their exit status lost.
 
 Everything here is a coroutine or a quick call and never blocks the event
 loop; the module knows nothing of HTTP, Raft or the store.
@@ -22,17 +29,23 @@ from __future__ import annotations
 
 import asyncio
 import codecs
+import itertools
 import logging
+import marshal
 import os
 import shlex
 import signal
+import socket
 import subprocess
-import threading
+import sys
 import time
+import weakref
 from collections import deque
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
+
+from dcron import spawnd
 
 logger = logging.getLogger(__name__)
 
@@ -45,6 +58,15 @@ TERM_GRACE_S = 5.0  # between SIGTERM and SIGKILL
 OUTPUT_DRAIN_S = 1.0
 
 EXIT_NOT_STARTED = -1
+# The exit code of a run whose spawner died before reporting its exit.
+EXIT_STATUS_LOST = 255
+
+# Requests wait in the socket while the spawner forks a burst; 167 runs with
+# the node's environment fit many times over.
+SOCKET_BUFFER_BYTES = 4 * 1024 * 1024
+REPLY_MAX = 4096
+# A spawner whose socket closed exits at once; this long is a hung one.
+HELPER_EXIT_S = 5.0
 
 # A shell run can be spawned ahead of its slot and held at a gate, so that at
 # the slot starting it costs one write instead of a fork and an exec. The
@@ -187,6 +209,7 @@ class PreparedRun:
 
     spec: RunSpec
     argv: list[str]
+    # Added to the node's environment: the DCRON_ variables and the job's own.
     env: dict[str, str]
     # Why the command cannot start (shlex cannot split it); start() says so.
     error: str | None = None
@@ -199,10 +222,9 @@ class PreparedRun:
 
 @dataclass(frozen=True)
 class StartedRun:
-    """A process start() spawned; supervise() sees it through to its result."""
+    """A run start() handed to the spawner; supervise() sees it to its result."""
 
     spec: RunSpec
-    pid: int
     started_at: datetime
 
 
@@ -211,13 +233,14 @@ class _Run:
     """One execution in progress on this node."""
 
     spec: RunSpec
-    popen: subprocess.Popen[bytes]
     started_at: datetime
     clock: float  # time.monotonic() at the start
     read_fd: int  # the output pipe, until supervise() connects it
     output: _BoundedOutput
-    # The exit code as Popen gives it (-N for signal N), once reaped.
-    exited: asyncio.Future[int]
+    # The process id once spawned, None if it could not be.
+    spawned: asyncio.Future[int | None]
+    # Resolved once the process is reaped, or once it could not be spawned.
+    exited: asyncio.Future[None]
     pipe_closed: asyncio.Future[None]
     # Resolved when supervise() is done with the run.
     supervised: asyncio.Future[None]
@@ -225,9 +248,154 @@ class _Run:
     released: asyncio.Future[None]
     # The write end of the gate of a run spawned ahead, until released.
     gate_fd: int | None = None
+    # The exit code as subprocess gives it (-N for signal N), once reaped.
+    returncode: int | None = None
+    spawn_error: str | None = None
     stopping: asyncio.Task[None] | None = None
     stopped: bool = False
     timed_out: bool = False
+
+    def on_spawned(self, pid: int | None, error: str | None = None) -> None:
+        if self.spawned.done():
+            return
+        self.spawned.set_result(pid)
+        if pid is None:
+            self.spawn_error = error
+            self.exited.set_result(None)
+
+    def on_exited(self, returncode: int) -> None:
+        if not self.exited.done():
+            self.returncode = returncode
+            self.exited.set_result(None)
+
+
+class _Spawner:
+    """The node's end of its spawnd helper: requests out, pids and exits back.
+
+    Requests never block the loop: one the socket cannot take now waits in a
+    queue, with its descriptors, until the helper has read the ones before.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, runs: dict[int, _Run]):
+        self._loop = loop
+        # Run id -> run, from the request until the helper reports its end.
+        self._runs = runs
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        for option in (socket.SO_SNDBUF, socket.SO_RCVBUF):
+            ours.setsockopt(socket.SOL_SOCKET, option, SOCKET_BUFFER_BYTES)
+            theirs.setsockopt(socket.SOL_SOCKET, option, SOCKET_BUFFER_BYTES)
+        try:
+            self.process = subprocess.Popen(
+                [*_helper_argv(), str(theirs.fileno())],
+                stdin=subprocess.DEVNULL,
+                pass_fds=[theirs.fileno()],
+            )
+        finally:
+            theirs.close()
+        ours.setblocking(False)
+        self._sock = ours
+        self._queue: deque[tuple[bytes, list[int]]] = deque()
+        self.closed = False
+        loop.add_reader(ours.fileno(), self._on_readable)
+        logger.debug("process spawner started (pid %d)", self.process.pid)
+
+    def send(self, request: tuple[Any, ...], fds: list[int]) -> None:
+        """Send one request; the helper owns ``fds`` from here on."""
+        data = marshal.dumps(request)
+        if len(data) > spawnd.PACKET_MAX:
+            memfd = os.memfd_create("dcron-run", os.MFD_CLOEXEC)
+            with os.fdopen(os.dup(memfd), "wb") as payload:
+                payload.write(data)
+            os.lseek(memfd, 0, os.SEEK_SET)
+            data, fds = spawnd.IN_MEMFD, [memfd, *fds]
+        self._queue.append((data, fds))
+        if len(self._queue) == 1:
+            self._flush()
+
+    def _flush(self) -> None:
+        while self._queue:
+            data, fds = self._queue[0]
+            try:
+                socket.send_fds(self._sock, [data], fds)
+            except BlockingIOError:
+                self._loop.add_writer(self._sock.fileno(), self._flush)
+                return
+            except OSError as exc:
+                self._lost(f"could not send a request: {exc}")
+                return
+            self._queue.popleft()
+            _close_all(fds)
+        self._loop.remove_writer(self._sock.fileno())
+
+    def _on_readable(self) -> None:
+        while not self.closed:
+            try:
+                data = self._sock.recv(REPLY_MAX)
+            except BlockingIOError:
+                return
+            except OSError as exc:
+                self._lost(str(exc))
+                return
+            if not data:
+                self._lost("it closed its socket")
+                return
+            kind, run_id, value = marshal.loads(data)
+            run = self._runs.get(run_id)
+            if run is None:
+                continue
+            if kind == spawnd.STARTED:
+                run.on_spawned(value)
+            elif kind == spawnd.FAILED:
+                del self._runs[run_id]
+                run.on_spawned(None, value)
+            else:
+                del self._runs[run_id]
+                run.on_exited(value)
+
+    def _lost(self, why: str) -> None:
+        """The helper is gone: fail what it had not spawned, watch the rest."""
+        self.close()
+        returncode = self.process.poll()
+        if returncode is None:
+            self.process.kill()
+            returncode = self.process.wait()
+        logger.error(
+            "process spawner (pid %d) lost: %s, exit code %d; %d runs in flight",
+            self.process.pid,
+            why,
+            returncode,
+            len(self._runs),
+        )
+        while self._runs:
+            _, run = self._runs.popitem()
+            if not run.spawned.done():
+                run.on_spawned(None, "the process spawner exited before starting it")
+            else:
+                pid = run.spawned.result()
+                assert pid is not None
+                _watch_orphan(run, pid, self._loop)
+
+    def close(self) -> None:
+        """Close the socket; the helper exits when it sees it closed."""
+        if self.closed:
+            return
+        self.closed = True
+        self._loop.remove_reader(self._sock.fileno())
+        self._loop.remove_writer(self._sock.fileno())
+        self._sock.close()
+        while self._queue:
+            _close_all(self._queue.popleft()[1])
+
+    def wait_closed(self) -> None:
+        """Close and reap the helper, which exits at once once closed."""
+        if not self.closed:
+            self.close()
+        try:
+            self.process.wait(timeout=HELPER_EXIT_S)
+        except subprocess.TimeoutExpired:
+            logger.warning("process spawner (pid %d) killed", self.process.pid)
+            self.process.kill()
+            self.process.wait()
 
 
 class Executor:
@@ -235,10 +403,30 @@ class Executor:
 
     def __init__(self) -> None:
         self._runs: dict[str, _Run] = {}
+        # Run ids the spawner is told, and the runs it has not reported ended.
+        self._run_ids = itertools.count(1)
+        self._spawned: dict[int, _Run] = {}
+        self._spawner: _Spawner | None = None
         # One future per started run, resolved once supervise() is done with
         # it, so shutdown() can wait for every result.
         self._pending: set[asyncio.Future[None]] = set()
         self._shutdown_grace_s: float | None = None
+
+    def open(self) -> None:
+        """Start the spawner helper now rather than at the first run.
+
+        Call it on the event loop's thread; start() opens it otherwise, and
+        again after it died.
+        """
+        if self._spawner is None or self._spawner.closed:
+            self._spawner = _Spawner(asyncio.get_running_loop(), self._spawned)
+            # A caller that never closes (a one-off run()) still reaps it.
+            weakref.finalize(self, self._spawner.wait_closed)
+
+    def close(self) -> None:
+        """Stop the spawner helper; call it after shutdown()."""
+        if self._spawner is not None:
+            self._spawner.wait_closed()
 
     def running(self) -> list[str]:
         """Execution ids of the processes running here now."""
@@ -248,6 +436,14 @@ class Executor:
         """The bounded output of a running execution; None if not running here."""
         run = self._runs.get(execution_id)
         return run.output.render() if run else None
+
+    async def pid(self, execution_id: str) -> int | None:
+        """The pid of a run once the spawner has started it.
+
+        None if it could not start or is not running here.
+        """
+        run = self._runs.get(execution_id)
+        return None if run is None else await asyncio.shield(run.spawned)
 
     async def run(self, spec: RunSpec) -> RunResult:
         """Run ``spec`` to its end and return the result.
@@ -274,7 +470,6 @@ class Executor:
         # The caller's env comes last: it may name the run differently
         # (retries of one slot share one DCRON_EXECUTION_ID).
         env = {
-            **os.environ,
             "DCRON_JOB_NAME": spec.job_name,
             "DCRON_EXECUTION_ID": spec.execution_id,
             **spec.env,
@@ -284,14 +479,15 @@ class Executor:
     def start(
         self, prepared: PreparedRun, gated: bool = False
     ) -> StartedRun | RunResult:
-        """Spawn the process of a prepared run now, without yielding to the loop.
+        """Have the spawner start the process of a prepared run, and return.
 
         Call it on the event loop's thread, and hand what it returns to
-        supervise(): every started process needs it to be reaped. A run that
-        cannot start gives its not-started result instead; never raises for
-        the command's sake. ``gated`` (for a ``gateable`` run) spawns the shell
-        held at its gate: the command begins at release(), and its start time
-        and timeout count from then.
+        supervise(): it reports every started run, including one the spawner
+        then fails to start. A run that cannot be handed over gives its
+        not-started result instead; never raises for the command's sake.
+        ``gated`` (for a ``gateable`` run) spawns the shell held at its gate:
+        the command begins at release(), and its start time and timeout count
+        from then.
         """
         spec = prepared.spec
         started_at = datetime.now(UTC)
@@ -302,6 +498,11 @@ class Executor:
         if prepared.error is not None:
             return _not_started(spec, started_at, prepared.error)
         loop = asyncio.get_running_loop()
+        try:
+            self.open()
+        except OSError as exc:
+            return _not_started(spec, started_at, f"no process spawner: {exc}")
+        assert self._spawner is not None
 
         gated = gated and prepared.gateable
         argv = prepared.argv
@@ -309,51 +510,36 @@ class Executor:
             argv = [*argv[:-1], _GATE + argv[-1]]
 
         # Our own pipe rather than PIPE: the output waits in it until
-        # supervise() connects the read end, and no file object of Popen's
-        # needs closing.
+        # supervise() connects the read end.
         try:
             read_fd, write_fd = os.pipe()
-            gate_read, gate_fd = os.pipe() if gated else (subprocess.DEVNULL, None)
+            gate_read, gate_fd = os.pipe() if gated else (None, None)
         except OSError as exc:
             return _not_started(spec, started_at, str(exc))
-        try:
-            popen = subprocess.Popen(
-                argv,
-                stdin=gate_read,
-                stdout=write_fd,
-                stderr=subprocess.STDOUT,
-                cwd=spec.cwd,
-                env=prepared.env,
-                start_new_session=True,
-            )
-        except (OSError, ValueError, subprocess.SubprocessError) as exc:
-            os.close(read_fd)
-            if gate_fd is not None:
-                os.close(gate_fd)
-            return _not_started(spec, started_at, str(exc))
-        finally:
-            os.close(write_fd)
-            if gate_fd is not None:
-                os.close(gate_read)
 
         run = _Run(
             spec=spec,
-            popen=popen,
             started_at=started_at,
             clock=time.monotonic(),
             read_fd=read_fd,
             output=_BoundedOutput(spec.output_keep),
+            spawned=loop.create_future(),
             exited=loop.create_future(),
             pipe_closed=loop.create_future(),
             supervised=loop.create_future(),
             released=loop.create_future(),
             gate_fd=gate_fd,
         )
+        run_id = next(self._run_ids)
         self._runs[spec.execution_id] = run
+        self._spawned[run_id] = run
         self._pending.add(run.supervised)
+        request = (run_id, argv, prepared.env, spec.cwd, gate_read is not None)
+        fds = [write_fd] if gate_read is None else [gate_read, write_fd]
+        self._spawner.send(request, fds)
         if not gated:
-            self._released(run)
-        return StartedRun(spec, popen.pid, started_at)
+            run.released.set_result(None)
+        return StartedRun(spec, started_at)
 
     def release(self, execution_id: str) -> bool:
         """Let a run spawned ahead by ``start(gated=True)`` begin now.
@@ -375,7 +561,9 @@ class Executor:
             return False
         finally:
             os.close(gate_fd)
-        self._released(run)
+        # Logged by supervise(), not here: a burst is released back to back,
+        # and a log line for each would delay the last of them.
+        run.released.set_result(None)
         return True
 
     def cancel(self, execution_id: str, reason: str) -> bool:
@@ -392,22 +580,17 @@ class Executor:
         run.gate_fd = None
         return True
 
-    def _released(self, run: _Run) -> None:
-        # Logged by supervise(), not here: a burst is released back to back,
-        # and a log line for each would delay the last of them.
-        run.released.set_result(None)
-
     async def supervise(self, started: StartedRun) -> RunResult:
         """Watch a started run to its end and return its result.
 
-        Reads the output, enforces the timeout and reaps the process; call it
-        once per StartedRun. Never raises for the command's sake.
+        Reads the output, enforces the timeout and waits for the spawner to
+        report the exit; call it once per StartedRun. Never raises for the
+        command's sake.
         """
         spec = started.spec
         run = self._runs[spec.execution_id]
         loop = asyncio.get_running_loop()
         try:
-            _watch_exit(run, loop)
             transport, _ = await loop.connect_read_pipe(
                 lambda: _OutputPipe(run.output, run.pipe_closed),
                 os.fdopen(run.read_fd, "rb", 0),
@@ -415,27 +598,35 @@ class Executor:
             try:
                 begun: set[asyncio.Future[Any]] = {run.released, run.exited}
                 await asyncio.wait(begun, return_when=asyncio.FIRST_COMPLETED)
-                if not run.released.done():
+                if run.spawn_error is None and not run.released.done():
                     return await self._never_released(run)
+                pid = await run.spawned
+                if pid is None:
+                    return self._not_spawned(run)
                 logger.info(
                     "job %s execution %s started (pid %d)",
                     spec.job_name,
                     spec.execution_id,
-                    run.popen.pid,
+                    pid,
                 )
                 await self._wait_for_end(run)
             finally:
                 transport.close()
         finally:
             del self._runs[spec.execution_id]
-            if run.popen.returncode is None:
+            if run.gate_fd is not None:
+                os.close(run.gate_fd)
+                run.gate_fd = None
+            if not run.exited.done() and run.spawned.done():
                 # Only when supervise() itself is cancelled: leave nothing
-                # behind. The exit watcher still reaps the process.
-                _signal_group(run.popen.pid, signal.SIGKILL)
+                # behind. The spawner still reports the exit.
+                pid = run.spawned.result()
+                if pid is not None:
+                    _signal_group(pid, signal.SIGKILL)
             run.supervised.set_result(None)
             self._pending.discard(run.supervised)
 
-        exit_code = _exit_code(run.popen.returncode)
+        exit_code = _exit_code(run.returncode)
         success = exit_code == 0 and not run.stopped and not run.timed_out
         took = time.monotonic() - run.clock
         logger.log(
@@ -454,6 +645,26 @@ class Executor:
             started_at=run.started_at,
             finished_at=datetime.now(UTC),
             timed_out=run.timed_out,
+        )
+
+    def _not_spawned(self, run: _Run) -> RunResult:
+        """The result of a run the spawner could not start (supervise())."""
+        logger.warning(
+            "job %s execution %s could not start: %s",
+            run.spec.job_name,
+            run.spec.execution_id,
+            run.spawn_error,
+        )
+        run.output.note(f"could not start: {run.spawn_error}")
+        return RunResult(
+            exit_code=EXIT_NOT_STARTED,
+            success=False,
+            output=run.output.render(),
+            output_truncated=False,
+            started_at=run.started_at,
+            finished_at=datetime.now(UTC),
+            timed_out=False,
+            started=False,
         )
 
     async def _never_released(self, run: _Run) -> RunResult:
@@ -556,75 +767,53 @@ class Executor:
             run.stopping = asyncio.ensure_future(_kill_group(run, why, grace_s))
 
 
-def _watch_exit(run: _Run, loop: asyncio.AbstractEventLoop) -> None:
-    """Reap the run's process when it exits, then resolve ``run.exited``.
+def _helper_argv() -> list[str]:
+    """How to start dcron.spawnd: a fresh interpreter, or the executable itself."""
+    if getattr(sys, "frozen", False):
+        return [sys.executable, spawnd.SUBCOMMAND]
+    # -I -S: no site-packages and no environment's say in what is imported;
+    # the helper needs the standard library and its own module only.
+    root = os.path.dirname(os.path.dirname(os.path.abspath(spawnd.__file__)))
+    code = (
+        f"import sys; sys.path.insert(0, {root!r}); "
+        "import dcron.spawnd; dcron.spawnd.main()"
+    )
+    return [sys.executable, "-I", "-S", "-c", code]
 
-    A pidfd turns the exit into an event of the loop: no thread and no SIGCHLD
-    handler. Without pidfds (Linux before 5.3) a thread waits for the process.
-    Either way the process is reaped here and Popen is told its return code,
-    so it never waits for the process itself.
+
+def _watch_orphan(run: _Run, pid: int, loop: asyncio.AbstractEventLoop) -> None:
+    """Follow a run whose spawner died to its end, its exit status lost.
+
+    A pidfd tells when a process that is not our child exits; without one
+    (Linux before 5.3) the end of its output stands for its exit.
     """
-    pid = run.popen.pid
+    run.output.note("exit status lost: the process spawner exited")
     try:
         pidfd = os.pidfd_open(pid)
-    except (AttributeError, OSError) as exc:
-        logger.debug("pid %d watched by a thread: %s", pid, exc)
-        # A thread of its own, not the loop's executor: a few long runs would
-        # otherwise hold every worker and leave the others unreaped.
-        threading.Thread(
-            target=_wait_in_thread, args=(run, loop), name=f"wait-{pid}", daemon=True
-        ).start()
+    except ProcessLookupError:
+        run.on_exited(EXIT_STATUS_LOST)
+        return
+    except (AttributeError, OSError):
+        run.pipe_closed.add_done_callback(lambda _: run.on_exited(EXIT_STATUS_LOST))
         return
 
     def on_exit() -> None:
-        returncode = _reap(pid, os.WNOHANG)
-        if returncode is None:
-            return
         loop.remove_reader(pidfd)
         os.close(pidfd)
-        _exited(run, returncode)
+        run.on_exited(EXIT_STATUS_LOST)
 
     loop.add_reader(pidfd, on_exit)
 
 
-def _wait_in_thread(run: _Run, loop: asyncio.AbstractEventLoop) -> None:
-    returncode = _reap(run.popen.pid, 0)
-    if returncode is None:
-        return
-    try:
-        loop.call_soon_threadsafe(_exited, run, returncode)
-    except RuntimeError:
-        # The loop closed meanwhile; Popen must still not wait for the pid.
-        run.popen.returncode = returncode
-
-
-def _reap(pid: int, options: int) -> int | None:
-    """Wait for one process: its return code, or None while it still runs.
-
-    The code is as Popen gives it: -N for death by signal N.
-    """
-    try:
-        reaped, status = os.waitpid(pid, options)
-    except ChildProcessError:
-        # Another waitpid() caller took the status; asyncio says 255 then.
-        logger.warning("pid %d was reaped elsewhere; its exit code is lost", pid)
-        return 255
-    if reaped == 0:
-        return None
-    return os.waitstatus_to_exitcode(status)
-
-
-def _exited(run: _Run, returncode: int) -> None:
-    # Popen would otherwise wait for the pid itself, from poll() or __del__.
-    run.popen.returncode = returncode
-    if not run.exited.done():
-        run.exited.set_result(returncode)
+def _close_all(fds: list[int]) -> None:
+    for fd in fds:
+        os.close(fd)
 
 
 async def _kill_group(run: _Run, why: str, grace_s: float) -> None:
     """SIGTERM the run's process group, then SIGKILL whatever outlives the grace."""
-    pgid = run.popen.pid
-    if not _signal_group(pgid, signal.SIGTERM):
+    pgid = await run.spawned
+    if pgid is None or not _signal_group(pgid, signal.SIGTERM):
         # The command and everything it forked had already ended on their own,
         # as when terminate() comes while the output drains.
         run.stopped = False
@@ -647,7 +836,7 @@ async def _kill_group(run: _Run, why: str, grace_s: float) -> None:
         )
 
 
-def _signal_group(pgid: int, signum: signal.Signals) -> bool:
+def _signal_group(pgid: int, signum: int) -> bool:
     """Signal a process group; False if no process of it is left."""
     try:
         os.killpg(pgid, signum)
@@ -668,7 +857,7 @@ def _split(spec: RunSpec) -> list[str]:
 
 
 def _exit_code(returncode: int | None) -> int:
-    # Popen reports death by signal N as -N; shells report it as 128+N.
+    # subprocess reports death by signal N as -N; shells report it as 128+N.
     if returncode is None:
         return EXIT_NOT_STARTED
     return 128 - returncode if returncode < 0 else returncode

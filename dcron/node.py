@@ -113,6 +113,9 @@ class Node:
     async def start(self) -> None:
         self._loop = IOLoop.current()
         systemd.claim_socket()
+        # The process that forks job commands, started while this one holds
+        # few descriptors (dcron.executor).
+        self.executor.open()
         data_dir = check_data_dir(self.config.data_dir)
         self.store = Store(
             os.path.join(data_dir, "dcron.db"), self.config.store_max_bytes
@@ -311,6 +314,7 @@ class Node:
         while self.executor.running() and time.time() < deadline:
             await asyncio.sleep(0.05)
         await self.executor.shutdown(TERM_GRACE_S)
+        self.executor.close()
         # Give the finish commands of the stopped runs a moment to commit.
         deadline = time.time() + 5.0
         while self._runs and time.time() < deadline:

@@ -445,12 +445,8 @@ class TestLogging:
 
 
 def reaped(pid: int) -> bool:
-    """Whether ``pid`` is no longer a child of ours, zombie or not."""
-    try:
-        os.waitpid(pid, os.WNOHANG)
-    except ChildProcessError:
-        return True
-    return False
+    """Whether ``pid`` is gone entirely: exited and reaped, not a zombie."""
+    return not Path(f"/proc/{pid}").exists()
 
 
 class TestStartedTogether:
@@ -459,19 +455,24 @@ class TestStartedTogether:
     ) -> None:
         jobs = [spec(f"echo run {i}; exit {i % 7}") for i in range(50)]
 
-        async def scenario() -> tuple[list[StartedRun | RunResult], list[RunResult]]:
+        async def scenario() -> tuple[
+            list[StartedRun | RunResult], list[RunResult], list[int | None]
+        ]:
             ex = Executor()
             prepared = [ex.prepare(job) for job in jobs]
             started = [ex.start(ready) for ready in prepared]
             handles = [s for s in started if isinstance(s, StartedRun)]
-            return started, await asyncio.gather(*map(ex.supervise, handles))
+            supervised = [asyncio.ensure_future(ex.supervise(s)) for s in handles]
+            pids = [await ex.pid(job.execution_id) for job in jobs]
+            return started, await asyncio.gather(*supervised), pids
 
-        started, results = within(20, scenario())
+        started, results, pids = within(20, scenario())
 
         assert all(isinstance(s, StartedRun) for s in started)
         assert [r.exit_code for r in results] == [i % 7 for i in range(50)]
         assert [r.output for r in results] == [f"run {i}\n" for i in range(50)]
-        assert all(reaped(s.pid) for s in started if isinstance(s, StartedRun))
+        assert len(set(pids)) == 50
+        assert all(pid is not None and reaped(pid) for pid in pids)
 
     def test_started_at_is_taken_before_the_process_runs(self) -> None:
         async def scenario() -> RunResult:
@@ -502,8 +503,12 @@ class TestStartedTogether:
             ex = Executor()
             started = ex.start(ex.prepare(spec("exit 4")))
             assert isinstance(started, StartedRun)
-            await ex.supervise(started)
-            return started.pid
+            supervised = asyncio.ensure_future(ex.supervise(started))
+            pid = await ex.pid(started.spec.execution_id)
+            await supervised
+            ex.close()
+            assert pid is not None
+            return pid
 
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
@@ -514,22 +519,26 @@ class TestStartedTogether:
         assert [str(w.message) for w in caught] == []
 
     def test_a_spawn_failure_is_a_result_not_an_exception(self) -> None:
-        async def scenario() -> tuple[list[StartedRun | RunResult], list[str]]:
+        async def scenario() -> tuple[list[RunResult], list[str]]:
             ex = Executor()
             outcomes = [
                 ex.start(ex.prepare(spec("true", cwd="/nope"))),
                 ex.start(ex.prepare(spec("no-such-program", shell=False))),
                 ex.start(ex.prepare(spec("echo 'oops", shell=False))),
             ]
-            return outcomes, ex.running()
+            # A command that cannot be split fails at once; the spawner
+            # reports the others, through their supervision.
+            assert [type(o) for o in outcomes] == [StartedRun, StartedRun, RunResult]
+            results = [
+                o if isinstance(o, RunResult) else await ex.supervise(o)
+                for o in outcomes
+            ]
+            return results, ex.running()
 
-        outcomes, running = asyncio.run(scenario())
+        (missing_cwd, missing_program, unbalanced), running = within(5, scenario())
 
         assert running == []
-        assert all(isinstance(o, RunResult) for o in outcomes)
-        missing_cwd, missing_program, unbalanced = (
-            o for o in outcomes if isinstance(o, RunResult)
-        )
+        assert not (missing_cwd.started or missing_program.started)
         assert missing_cwd.exit_code == -1
         assert missing_cwd.output == (
             "[dcron: could not start: [Errno 2] No such file or directory: '/nope']\n"
@@ -591,29 +600,96 @@ class TestStartedTogether:
         assert "shutting down" in later.output
 
 
-class TestWithoutPidfds:
-    """Kernels before Linux 5.3 have no pidfd_open; a thread waits instead."""
+class TestSpawner:
+    """The helper process that forks the commands, and what if it dies."""
 
-    def test_exit_codes_and_timeouts_still_work(
-        self, monkeypatch: pytest.MonkeyPatch
+    def test_a_run_in_flight_when_the_spawner_dies_ends_with_its_status_lost(
+        self,
     ) -> None:
-        monkeypatch.delattr(os, "pidfd_open")
-
-        async def scenario() -> list[RunResult]:
+        async def scenario() -> tuple[RunResult, RunResult, int, int]:
             ex = Executor()
-            return list(
-                await asyncio.gather(
-                    ex.run(spec("echo done; exit 3")),
-                    ex.run(spec("sleep 30", timeout_s=0.3)),
-                )
-            )
+            job = spec("echo begun; sleep 0.5; exit 3")
+            running = await started(ex, job)
+            await printed(ex, job, "begun")
+            assert ex._spawner is not None
+            first = ex._spawner.process.pid
+            os.kill(first, signal.SIGKILL)
+            in_flight = await running
+            later = await ex.run(spec("echo after; exit 5"))
+            assert ex._spawner is not None
+            second = ex._spawner.process.pid
+            ex.close()
+            return in_flight, later, first, second
 
-        exited, timed_out = within(5, scenario())
+        in_flight, later, first, second = within(10, scenario())
 
-        assert exited.exit_code == 3
-        assert exited.output == "done\n"
-        assert timed_out.timed_out
-        assert timed_out.exit_code == 128 + signal.SIGTERM
+        assert in_flight.exit_code == executor.EXIT_STATUS_LOST
+        assert not in_flight.success
+        assert in_flight.output == (
+            "begun\n[dcron: exit status lost: the process spawner exited]\n"
+        )
+        # The command itself was not stopped: it ran its half second.
+        assert (in_flight.finished_at - in_flight.started_at).total_seconds() >= 0.5
+        assert (later.exit_code, later.output) == (5, "after\n")
+        assert second != first
+        assert reaped(first) and reaped(second)
+
+    def test_the_spawner_holds_no_descriptor_of_the_node(self) -> None:
+        async def scenario() -> tuple[list[str], list[str]]:
+            ex = Executor()
+            ex.open()
+            assert ex._spawner is not None
+            # Opened after the spawner started: the commands it forks later
+            # see none of them, nor does the spawner itself.
+            held = [os.open("/dev/null", os.O_RDONLY) for _ in range(200)]
+            try:
+                result = await ex.run(spec("ls /proc/self/fd"))
+                helper = os.listdir(f"/proc/{ex._spawner.process.pid}/fd")
+            finally:
+                for fd in held:
+                    os.close(fd)
+                ex.close()
+            return result.output.split(), helper
+
+        command, helper = within(10, scenario())
+
+        # stdin, stdout, stderr, and the directory ls reads.
+        assert command == ["0", "1", "2", "3"]
+        assert len(helper) < 12
+
+    def test_a_request_too_large_for_a_packet_still_runs(self) -> None:
+        # Each under the kernel's 128 KiB bound on one argument or variable,
+        # together over the spawner's packet.
+        words = "x" * (100 * 1024)
+        env = {"BIG": "y" * (100 * 1024)}
+        result = run(f'printf %s "{words}" | wc -c; printf %s "$BIG" | wc -c', env=env)
+
+        assert result.output.split() == [str(100 * 1024)] * 2
+
+    def test_the_spawner_leaves_when_its_node_dies_and_commands_go_on(
+        self, tmp_path: Path
+    ) -> None:
+        pids = tmp_path / "pids"
+        marker = tmp_path / "finished"
+        holder = (
+            "import asyncio, os\n"
+            "from dcron.executor import Executor, RunSpec\n"
+            "async def main():\n"
+            "    ex = Executor()\n"
+            f"    job = RunSpec('e1', 'j', 'sleep 0.5; touch {marker}')\n"
+            "    ex.start(ex.prepare(job))\n"
+            "    pid = await ex.pid('e1')\n"
+            f"    open('{pids}', 'w').write(f'{{ex._spawner.process.pid}} {{pid}}')\n"
+            "    os._exit(0)\n"
+            "asyncio.run(main())\n"
+        )
+        root = Path(__file__).resolve().parent.parent
+        subprocess.run([sys.executable, "-c", holder], cwd=root, timeout=30, check=True)
+        spawner, command = map(int, pids.read_text().split())
+
+        wait_until_gone(spawner)
+        wait_until_gone(command)
+        assert marker.exists()
 
 
 class TestSpawnedAhead:
@@ -699,8 +775,8 @@ class TestSpawnedAhead:
             "async def main():\n"
             "    ex = Executor()\n"
             f"    job = RunSpec('e1', 'j', 'touch {marker}')\n"
-            "    ahead = ex.start(ex.prepare(job), gated=True)\n"
-            f"    open('{pid_file}', 'w').write(str(ahead.pid))\n"
+            "    ex.start(ex.prepare(job), gated=True)\n"
+            f"    open('{pid_file}', 'w').write(str(await ex.pid('e1')))\n"
             "    os._exit(0)\n"
             "asyncio.run(main())\n"
         )
