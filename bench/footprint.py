@@ -9,8 +9,11 @@ executions (100 per job, the default ``--executions-per-job``), which takes
 about half an hour on two cores; ``--executions`` asks for fewer, and
 ``--seconds`` caps the time, past which the table extrapolates the disk per
 execution to 1,000,000 and says so. The stored count is read back from the
-jobs' counters, not assumed. Resident memory (VmRSS) is the node process
-alone; disk is the whole data dir (SQLite, WAL, raft journal and snapshot).
+jobs' counters, not assumed. Memory is the node process's resident set
+(VmRSS), its process spawner's (dcron.spawnd, the node's one child), and the
+proportional set size of the two together, in which the pages they share
+(the interpreter and its libraries) count once; disk is the whole data dir
+(SQLite, WAL, raft journal and snapshot).
 
 Restart is timed twice: after SIGTERM (a clean stop) and after SIGKILL (the
 journal is replayed), each until /health answers and until the node is ready
@@ -41,9 +44,14 @@ def snapshot(node: harness.Node, label: str, executions: int) -> list[Any]:
     return [
         label,
         executions,
-        f"{node.rss_bytes() / MB:.0f}",
+        *memory(node),
         f"{harness.dir_bytes(node.data_dir) / MB:.1f}",
     ]
+
+
+def memory(node: harness.Node) -> list[str]:
+    used = node.memory()
+    return [f"{n / MB:.0f}" for n in (used.node_rss, used.spawner_rss, used.pss)]
 
 
 def seed(base: str, names: list[str], runs: int, deadline: float) -> int:
@@ -91,7 +99,7 @@ def time_restart(node: harness.Node, how: str) -> list[Any]:
     health_s = time.monotonic() - began
     harness.wait_until(node.ready, 300, "ready", node, interval=0.01)
     ready_s = time.monotonic() - began
-    return [how, f"{health_s:.2f}", f"{ready_s:.2f}", f"{node.rss_bytes() / MB:.0f}"]
+    return [how, f"{health_s:.2f}", f"{ready_s:.2f}", *memory(node)]
 
 
 def main() -> None:
@@ -141,14 +149,14 @@ def main() -> None:
         # Disk grows with each execution row. Memory does not grow with them
         # (raft entries are dropped at compaction, SQLite's cache is capped),
         # so when the budget ran out first only disk is extrapolated.
-        disk_per = (float(rows[-1][3]) - float(rows[1][3])) * MB / max(1, count)
+        disk_per = (float(rows[-1][-1]) - float(rows[1][-1])) * MB / max(1, count)
         if count < TARGET_EXECUTIONS:
-            disk = float(rows[1][3]) * MB + disk_per * TARGET_EXECUTIONS
+            disk = float(rows[1][-1]) * MB + disk_per * TARGET_EXECUTIONS
             rows.append(
                 [
                     f"{jobs} jobs, extrapolated from disk per execution",
                     TARGET_EXECUTIONS,
-                    "not measured",
+                    *["not measured"] * 3,
                     f"~{disk / MB:.0f}",
                 ]
             )
@@ -158,7 +166,14 @@ def main() -> None:
 
     harness.print_table(
         "memory and disk of one node",
-        ["state", "executions stored", "RSS MB", "data dir MB"],
+        [
+            "state",
+            "executions stored",
+            "node RSS MB",
+            "spawner RSS MB",
+            "both PSS MB",
+            "data dir MB",
+        ],
         rows,
     )
     print(
@@ -167,7 +182,7 @@ def main() -> None:
     )
     harness.print_table(
         f"restart with {jobs} jobs and {count} executions",
-        ["after", "/health answers s", "ready s", "RSS after MB"],
+        ["after", "/health answers s", "ready s", "node RSS", "spawner RSS", "PSS"],
         restarts,
     )
     harness.footer()

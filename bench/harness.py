@@ -314,6 +314,15 @@ class Node:
     def rss_bytes(self) -> int:
         return rss_bytes(self.pid)
 
+    def memory(self) -> Memory:
+        """The node's memory with its process spawner's (dcron.spawnd)."""
+        helpers = children(self.pid)
+        return Memory(
+            node_rss=rss_bytes(self.pid),
+            spawner_rss=sum(map(rss_bytes, helpers)),
+            pss=sum(map(pss_bytes, [self.pid, *helpers])),
+        )
+
     def log_tail(self, chars: int = 3000) -> str:
         try:
             return self.log_path.read_text(errors="replace")[-chars:]
@@ -445,12 +454,36 @@ def executions(base: str, names: Sequence[str], clients: int = 8) -> dict[str, l
     return out
 
 
+@dataclass(frozen=True)
+class Memory:
+    node_rss: int
+    spawner_rss: int
+    # Proportional set size of both: a page they share counts once in all.
+    pss: int
+
+
 def rss_bytes(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
+    return _proc_kib(f"/proc/{pid}/status", "VmRSS:")
+
+
+def pss_bytes(pid: int) -> int:
+    return _proc_kib(f"/proc/{pid}/smaps_rollup", "Pss:")
+
+
+def _proc_kib(path: str, key: str) -> int:
+    with open(path) as lines:
+        for line in lines:
+            if line.startswith(key):
                 return int(line.split()[1]) * 1024
     return 0
+
+
+def children(pid: int) -> list[int]:
+    """The processes ``pid`` started that still run: a node's is its spawner."""
+    found: list[int] = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        found += map(int, (task / "children").read_text().split())
+    return found
 
 
 def dir_bytes(path: Path) -> int:

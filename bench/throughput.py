@@ -5,7 +5,7 @@ every slot of the measuring window shows up in the API as a successful
 execution within a short drain after the window, none twice. The search
 doubles R until a rate fails, bisects between the last pass and the first
 failure, then confirms the best passing rate over the full window (a minute;
-a confirmation that fails steps down by a fifth and tries again). Each rate
+a confirmation that fails steps down by a tenth and tries again). Each rate
 runs on fresh nodes, so no backlog carries over.
 
 Beside it, the machine's raw rate: ``/bin/sh -c true`` started back to back
@@ -34,7 +34,7 @@ PROBE_WINDOW_S = 10
 FIRST_RATE = 50
 MAX_RATE = 3200
 BISECT_STEPS = 4
-STEP_DOWN = 0.8
+STEP_DOWN = 0.9
 
 TargetFactory = Callable[[Path], targets.Target]
 

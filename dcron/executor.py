@@ -209,7 +209,6 @@ class PreparedRun:
 
     spec: RunSpec
     argv: list[str]
-    # Added to the node's environment: the DCRON_ variables and the job's own.
     env: dict[str, str]
     # Why the command cannot start (shlex cannot split it); start() says so.
     error: str | None = None
@@ -289,6 +288,7 @@ class _Spawner:
                 [*_helper_argv(), str(theirs.fileno())],
                 stdin=subprocess.DEVNULL,
                 pass_fds=[theirs.fileno()],
+                env=spawnd.LAUNCH_ENVIRON if getattr(sys, "frozen", False) else None,
             )
         finally:
             theirs.close()
@@ -470,6 +470,7 @@ class Executor:
         # The caller's env comes last: it may name the run differently
         # (retries of one slot share one DCRON_EXECUTION_ID).
         env = {
+            **os.environ,
             "DCRON_JOB_NAME": spec.job_name,
             "DCRON_EXECUTION_ID": spec.execution_id,
             **spec.env,

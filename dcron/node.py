@@ -66,8 +66,9 @@ GIL_SWITCH_S = 0.0005
 GATE_AHEAD_MIN_S = 0.005
 # Runs are spawned ahead in slices of at most this long, so the requests, the
 # outcomes and the start timers that come due meanwhile wait at most this long:
-# a fork and an exec take about half a millisecond, and a burst of a thousand
-# runs spawned in one callback would hold the loop for half a second.
+# handing a run to the spawner (its pipes, its request) takes tens of
+# microseconds, and a burst of ten thousand in one callback would hold the
+# loop for a good part of a second.
 SPAWN_SLICE_S = 0.002
 Ready = PreparedRun | StartedRun | RunResult
 RAFT_STATES = {0: "follower", 1: "candidate", 2: "leader"}
@@ -942,11 +943,12 @@ class Node:
 
 async def serve(config: Config) -> int:
     """Run a node until SIGINT or SIGTERM; return the process exit status."""
-    # The loop thread spawns processes and the raft tick thread applies
-    # commands; each spawn releases the GIL, and with Python's default 5 ms
-    # switch interval the loop then waits up to 5 ms to get it back from a
-    # busy tick thread. A burst of 500 spawns took seconds that way and the
-    # node fell behind at 500 runs/s (docs/benchmarks.md).
+    # The loop thread hands runs to the spawner and the raft tick thread
+    # applies commands; each system call of the loop releases the GIL, and
+    # with Python's default 5 ms switch interval the loop then waits up to
+    # 5 ms to get it back from a busy tick thread. A burst of 500 spawns took
+    # seconds that way, when the loop still forked, and the node fell behind
+    # at 500 runs/s (docs/benchmarks.md).
     sys.setswitchinterval(GIL_SWITCH_S)
     node = Node(config)
     try:

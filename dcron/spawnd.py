@@ -8,7 +8,7 @@ but its socket to the node, so its forks are cheap, and they run on another
 core while the node's loop goes on.
 
 The node sends one request per run over a Unix SOCK_SEQPACKET socket: a
-marshalled ``(run id, argv, environment additions, cwd, stdin given)`` and,
+marshalled ``(run id, argv, environment, cwd, stdin given)`` and,
 as SCM_RIGHTS, the run's stdin (the read end of its gate, if it has one) and
 the write end of its output pipe. A request too large for one packet comes as
 an empty packet whose first descriptor is a memfd holding it. The reply is
@@ -41,6 +41,12 @@ PACKET_MAX = 128 * 1024
 # Descriptors a request carries at most: stdin and output, or the memfd too.
 FDS_SPACE = socket.CMSG_SPACE(3 * array.array("i").itemsize)
 STARTED, FAILED, EXITED = "s", "f", "x"
+
+# The environment this process began with. The frozen executable's bootloader
+# puts its own variables there, which the node then takes out of the
+# environment its jobs inherit (dcron.cli); the helper, the same executable,
+# needs them to find the bundle its node unpacked.
+LAUNCH_ENVIRON = dict(os.environ)
 # The packet of a request whose payload is in the memfd it carries.
 IN_MEMFD = b"\0"
 # The hidden argument that makes the frozen executable this helper.
@@ -117,7 +123,7 @@ class Spawner:
     def _spawn(self, data: bytes, fds: list[int]) -> None:
         run_id = -1
         try:
-            (run_id, argv, env_extra, cwd, has_stdin), fds = request_from(data, fds)
+            (run_id, argv, env, cwd, has_stdin), fds = request_from(data, fds)
             stdin = fds[0] if has_stdin else self._devnull
             output = fds[-1]
             popen = subprocess.Popen(
@@ -126,7 +132,7 @@ class Spawner:
                 stdout=output,
                 stderr=subprocess.STDOUT,
                 cwd=cwd,
-                env={**os.environ, **env_extra},
+                env=env,
                 start_new_session=True,
             )
         except Exception as exc:  # a bad request must not end the helper
