@@ -65,6 +65,7 @@ EXIT_STATUS_LOST = 255
 # the node's environment fit many times over.
 SOCKET_BUFFER_BYTES = 4 * 1024 * 1024
 REPLY_MAX = 4096
+REPLY_BATCH = 256
 # A spawner whose socket closed exits at once; this long is a hung one.
 HELPER_EXIT_S = 5.0
 
@@ -328,7 +329,11 @@ class _Spawner:
         self._loop.remove_writer(self._sock.fileno())
 
     def _on_readable(self) -> None:
-        while not self.closed:
+        # A batch at most per callback, so a steady stream of replies cannot
+        # hold the loop; what is left makes the socket readable again.
+        for _ in range(REPLY_BATCH):
+            if self.closed:
+                return
             try:
                 data = self._sock.recv(REPLY_MAX)
             except BlockingIOError:

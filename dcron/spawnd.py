@@ -36,6 +36,8 @@ import subprocess
 import sys
 from typing import Any
 
+# Requests spawned between two looks for exited children.
+BATCH = 32
 # Largest request sent in a packet; a larger one comes in a memfd.
 PACKET_MAX = 128 * 1024
 # Descriptors a request carries at most: stdin and output, or the memfd too.
@@ -99,11 +101,14 @@ class Spawner:
                                 break
                         except BlockingIOError:
                             break
-                    self._reap()
+            # Every round, not only when woken: a wake-up read while the
+            # requests were served may stand for children exited since.
+            self._reap()
 
     def _receive(self) -> bool:
-        """Spawn every request waiting; False once the node's end is closed."""
-        while True:
+        """Spawn the requests waiting, a batch at most, so that a steady stream
+        of them leaves room to reap; False once the node's end is closed."""
+        for _ in range(BATCH):
             try:
                 data, ancillary, _, _ = self._sock.recvmsg(PACKET_MAX, FDS_SPACE)
             except BlockingIOError:
@@ -119,6 +124,7 @@ class Spawner:
             if not data and not fds:
                 return False
             self._spawn(data, fds)
+        return True
 
     def _spawn(self, data: bytes, fds: list[int]) -> None:
         run_id = -1

@@ -634,6 +634,34 @@ class TestSpawner:
         assert second != first
         assert reaped(first) and reaped(second)
 
+    def test_exits_are_reported_while_requests_keep_coming(self) -> None:
+        # Requests faster than the spawner forks: it always has more waiting,
+        # and must still reap and report between them.
+        jobs = [spec("true") for _ in range(3000)]
+
+        async def scenario() -> tuple[float, float]:
+            ex = Executor()
+            ex.open()
+            first_done = asyncio.ensure_future(ex.run(jobs[0]))
+            first_done.add_done_callback(lambda _: marks.setdefault("first", now()))
+            pending = [first_done]
+            for i in range(1, len(jobs), 100):
+                for job in jobs[i : i + 100]:
+                    pending.append(asyncio.ensure_future(ex.run(job)))
+                await asyncio.sleep(0.02)
+            await ex.pid(jobs[-1].execution_id)
+            last_spawned = now()
+            results = await asyncio.gather(*pending)
+            ex.close()
+            assert all(r.exit_code == 0 for r in results)
+            return marks["first"], last_spawned
+
+        marks: dict[str, float] = {}
+        now = time.monotonic
+        first_reported, last_spawned = within(60, scenario())
+
+        assert first_reported < last_spawned
+
     def test_the_spawner_holds_no_descriptor_of_the_node(self) -> None:
         async def scenario() -> tuple[list[str], list[str]]:
             ex = Executor()
