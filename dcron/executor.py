@@ -210,6 +210,7 @@ class PreparedRun:
 
     spec: RunSpec
     argv: list[str]
+    # Added to the node's environment: the DCRON_ variables and the job's own.
     env: dict[str, str]
     # Why the command cannot start (shlex cannot split it); start() says so.
     error: str | None = None
@@ -298,9 +299,12 @@ class _Spawner:
         self._queue: deque[tuple[bytes, list[int]]] = deque()
         self.closed = False
         loop.add_reader(ours.fileno(), self._on_readable)
+        # Sent once: each request then carries only what its run adds, a few
+        # hundred bytes instead of the whole environment.
+        self.send(dict(os.environ), [])
         logger.debug("process spawner started (pid %d)", self.process.pid)
 
-    def send(self, request: tuple[Any, ...], fds: list[int]) -> None:
+    def send(self, request: Any, fds: list[int]) -> None:
         """Send one request; the helper owns ``fds`` from here on."""
         data = marshal.dumps(request)
         if len(data) > spawnd.PACKET_MAX:
@@ -317,7 +321,10 @@ class _Spawner:
         while self._queue:
             data, fds = self._queue[0]
             try:
-                socket.send_fds(self._sock, [data], fds)
+                if fds:
+                    socket.send_fds(self._sock, [data], fds)
+                else:
+                    self._sock.send(data)
             except BlockingIOError:
                 self._loop.add_writer(self._sock.fileno(), self._flush)
                 return
@@ -475,7 +482,6 @@ class Executor:
         # The caller's env comes last: it may name the run differently
         # (retries of one slot share one DCRON_EXECUTION_ID).
         env = {
-            **os.environ,
             "DCRON_JOB_NAME": spec.job_name,
             "DCRON_EXECUTION_ID": spec.execution_id,
             **spec.env,

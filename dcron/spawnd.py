@@ -7,8 +7,10 @@ node's event loop waited with it. This process is started with nothing open
 but its socket to the node, so its forks are cheap, and they run on another
 core while the node's loop goes on.
 
-The node sends one request per run over a Unix SOCK_SEQPACKET socket: a
-marshalled ``(run id, argv, environment, cwd, stdin given)`` and,
+The node first sends the environment every command starts from (its own,
+once it has taken its own variables out), then one request per run over a
+Unix SOCK_SEQPACKET socket: a marshalled ``(run id, argv, environment
+additions, cwd, stdin given)`` and,
 as SCM_RIGHTS, the run's stdin (the read end of its gate, if it has one) and
 the write end of its output pipe. A request too large for one packet comes as
 an empty packet whose first descriptor is a memfd holding it. The reply is
@@ -73,6 +75,8 @@ class Spawner:
     def __init__(self, sock: socket.socket) -> None:
         self._sock = sock
         self._devnull = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+        # The node's first packet.
+        self._environ: dict[str, str] | None = None
         # pid -> (run id, Popen); Popen is told each return code, so it never
         # waits for a pid of its own accord.
         self._children: dict[int, tuple[int, subprocess.Popen[bytes]]] = {}
@@ -129,7 +133,11 @@ class Spawner:
     def _spawn(self, data: bytes, fds: list[int]) -> None:
         run_id = -1
         try:
-            (run_id, argv, env, cwd, has_stdin), fds = request_from(data, fds)
+            message, fds = request_from(data, fds)
+            if self._environ is None:
+                self._environ = message
+                return
+            run_id, argv, env, cwd, has_stdin = message
             stdin = fds[0] if has_stdin else self._devnull
             output = fds[-1]
             popen = subprocess.Popen(
@@ -138,7 +146,7 @@ class Spawner:
                 stdout=output,
                 stderr=subprocess.STDOUT,
                 cwd=cwd,
-                env=env,
+                env={**self._environ, **env},
                 start_new_session=True,
             )
         except Exception as exc:  # a bad request must not end the helper
