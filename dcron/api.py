@@ -54,6 +54,7 @@ class NodeView(Protocol):
     store: Store
 
     async def submit(self, command: dict[str, Any]) -> dict[str, Any]: ...
+    async def spawn_room(self) -> None: ...
     def info(self) -> dict[str, Any]: ...
     def health(self) -> dict[str, Any]: ...
     async def members(self) -> list[dict[str, Any]]: ...
@@ -162,6 +163,8 @@ class BaseHandler(tornado.web.RequestHandler):
         self.send(self.job_json(stored), 201)
 
     async def run_job(self, job: dict[str, Any], force: bool = False) -> dict:
+        # A node given runs faster than it starts them makes the caller wait.
+        await self.node.spawn_room()
         command = scheduler.fire_command(
             job,
             time.time(),

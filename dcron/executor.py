@@ -419,6 +419,10 @@ class Executor:
         self._run_ids = itertools.count(1)
         self._spawned: dict[int, _Run] = {}
         self._spawner: _Spawner | None = None
+        # Runs handed to the spawner that it has not yet started or failed,
+        # and room() callers waiting for that count to drop.
+        self._unstarted = 0
+        self._room_waiters: list[tuple[int, asyncio.Future[None]]] = []
         # One future per started run, resolved once supervise() is done with
         # it, so shutdown() can wait for every result.
         self._pending: set[asyncio.Future[None]] = set()
@@ -443,6 +447,34 @@ class Executor:
     def running(self) -> list[str]:
         """Execution ids of the processes running here now."""
         return list(self._runs)
+
+    @property
+    def unstarted(self) -> int:
+        """Runs handed to the spawner and not yet started (or failed) by it."""
+        return self._unstarted
+
+    async def room(self, limit: int) -> None:
+        """Wait until fewer than ``limit`` runs wait for the spawner.
+
+        What makes more runs (a manual run's request, the scheduler's fires)
+        waits here, so a node given runs faster than it can start them holds
+        a bounded number of them instead of a growing queue.
+        """
+        while self._unstarted >= limit:
+            waiter = asyncio.get_running_loop().create_future()
+            self._room_waiters.append((limit, waiter))
+            await waiter
+
+    def _counted_start(self, _: asyncio.Future[int | None]) -> None:
+        self._unstarted -= 1
+        if not self._room_waiters:
+            return
+        waiting, self._room_waiters = self._room_waiters, []
+        for limit, waiter in waiting:
+            if self._unstarted >= limit:
+                self._room_waiters.append((limit, waiter))
+            elif not waiter.done():
+                waiter.set_result(None)
 
     def output_so_far(self, execution_id: str) -> str | None:
         """The bounded output of a running execution; None if not running here."""
@@ -549,6 +581,8 @@ class Executor:
         request = (run_id, argv, prepared.env, spec.cwd, gate_read is not None)
         fds = [write_fd] if gate_read is None else [gate_read, write_fd]
         self._spawner.send(request, fds)
+        self._unstarted += 1
+        run.spawned.add_done_callback(self._counted_start)
         if not gated:
             run.released.set_result(None)
         return StartedRun(spec, started_at)

@@ -70,6 +70,11 @@ GATE_AHEAD_MIN_S = 0.005
 # microseconds, and a burst of ten thousand in one callback would hold the
 # loop for a good part of a second.
 SPAWN_SLICE_S = 0.002
+# Runs handed to the spawner and not yet started, past which a manual run's
+# request and the scheduler's next fire wait (Executor.room). Well above a
+# second's burst at the node's sustained rate, so it only holds back work
+# the node could not start anyway.
+SPAWN_BACKLOG_MAX = 1024
 Ready = PreparedRun | StartedRun | RunResult
 RAFT_STATES = {0: "follower", 1: "candidate", 2: "leader"}
 
@@ -126,7 +131,7 @@ class Node:
             self.name, self.store.members, self._on_health_round
         )
         self.scheduler = Scheduler(
-            self.store, self.submit, self.place, self.config.executions_per_job
+            self.store, self._submit_fires, self.place, self.config.executions_per_job
         )
         self._warn_if_open()
         partners = await self._partners()
@@ -329,6 +334,14 @@ class Node:
 
     async def submit(self, command: dict[str, Any]) -> dict[str, Any]:
         return await self.replica.submit(command)
+
+    async def spawn_room(self) -> None:
+        """Wait while this node has more runs waiting to start than it holds."""
+        await self.executor.room(SPAWN_BACKLOG_MAX)
+
+    async def _submit_fires(self, command: dict[str, Any]) -> dict[str, Any]:
+        await self.spawn_room()
+        return await self.submit(command)
 
     def _on_leadership(self, leading: bool) -> None:
         if leading and self.ready and not self.stopping:

@@ -662,6 +662,26 @@ class TestSpawner:
 
         assert first_reported < last_spawned
 
+    def test_room_waits_until_the_spawner_has_started_enough(self) -> None:
+        async def scenario() -> tuple[int, int, list[RunResult]]:
+            ex = Executor()
+            ex.open()
+            await ex.room(1)
+            runs = [asyncio.ensure_future(ex.run(spec("true"))) for _ in range(40)]
+            await asyncio.sleep(0)
+            handed = ex.unstarted
+            await ex.room(5)
+            left = ex.unstarted
+            results = await asyncio.gather(*runs)
+            ex.close()
+            return handed, left, results
+
+        handed, left, results = within(20, scenario())
+
+        assert handed == 40
+        assert left < 5
+        assert all(r.exit_code == 0 for r in results)
+
     def test_the_spawner_holds_no_descriptor_of_the_node(self) -> None:
         async def scenario() -> tuple[list[str], list[str]]:
             ex = Executor()
