@@ -71,9 +71,9 @@ GATE_AHEAD_MIN_S = 0.005
 # loop for a good part of a second.
 SPAWN_SLICE_S = 0.002
 # Runs handed to the spawner and not yet started, past which a manual run's
-# request and the scheduler's next fire wait (Executor.room). Well above a
-# second's burst at the node's sustained rate, so it only holds back work
-# the node could not start anyway.
+# request and the scheduler's next fire wait (Executor.room). At the rate a
+# node sustains, a second's runs are started before the next second's fire
+# is due, so only work the node could not start anyway waits.
 SPAWN_BACKLOG_MAX = 1024
 Ready = PreparedRun | StartedRun | RunResult
 RAFT_STATES = {0: "follower", 1: "candidate", 2: "leader"}
