@@ -82,6 +82,26 @@ async def printed(ex: Executor, job: RunSpec, text: str) -> None:
     )
 
 
+def run_and_die(*steps: str) -> subprocess.CompletedProcess[bytes]:
+    """Run ``steps`` in a Python process holding an Executor ``ex``, which then
+    dies at once, closing nothing itself."""
+    script = "\n".join(
+        [
+            "import asyncio, os",
+            "from dcron.executor import Executor, RunSpec",
+            "async def main():",
+            "    ex = Executor()",
+            *(f"    {step}" for step in steps),
+            "    os._exit(0)",
+            "asyncio.run(main())",
+        ]
+    )
+    root = Path(__file__).resolve().parent.parent
+    return subprocess.run(
+        [sys.executable, "-c", script], cwd=root, timeout=30, check=True
+    )
+
+
 def within(seconds: float, coro: Awaitable[T]) -> T:
     async def bounded() -> T:
         return await asyncio.wait_for(coro, seconds)
@@ -719,20 +739,12 @@ class TestSpawner:
     ) -> None:
         pids = tmp_path / "pids"
         marker = tmp_path / "finished"
-        holder = (
-            "import asyncio, os\n"
-            "from dcron.executor import Executor, RunSpec\n"
-            "async def main():\n"
-            "    ex = Executor()\n"
-            f"    job = RunSpec('e1', 'j', 'sleep 0.5; touch {marker}')\n"
-            "    ex.start(ex.prepare(job))\n"
-            "    pid = await ex.pid('e1')\n"
-            f"    open('{pids}', 'w').write(f'{{ex._spawner.process.pid}} {{pid}}')\n"
-            "    os._exit(0)\n"
-            "asyncio.run(main())\n"
+        run_and_die(
+            f"job = RunSpec('e1', 'j', 'sleep 0.5; touch {marker}')",
+            "ex.start(ex.prepare(job))",
+            "pid = await ex.pid('e1')",
+            f"open('{pids}', 'w').write(f'{{ex._spawner.process.pid}} {{pid}}')",
         )
-        root = Path(__file__).resolve().parent.parent
-        subprocess.run([sys.executable, "-c", holder], cwd=root, timeout=30, check=True)
         spawner, command = map(int, pids.read_text().split())
 
         wait_until_gone(spawner)
@@ -817,20 +829,10 @@ class TestSpawnedAhead:
         # closes without "go", and the shell must leave without the command.
         marker = tmp_path / "ran"
         pid_file = tmp_path / "pid"
-        holder = (
-            "import asyncio, os, sys\n"
-            "from dcron.executor import Executor, RunSpec\n"
-            "async def main():\n"
-            "    ex = Executor()\n"
-            f"    job = RunSpec('e1', 'j', 'touch {marker}')\n"
-            "    ex.start(ex.prepare(job), gated=True)\n"
-            f"    open('{pid_file}', 'w').write(str(await ex.pid('e1')))\n"
-            "    os._exit(0)\n"
-            "asyncio.run(main())\n"
-        )
-        root = Path(__file__).resolve().parent.parent
-        proc = subprocess.run(
-            [sys.executable, "-c", holder], cwd=root, timeout=30, check=True
+        proc = run_and_die(
+            f"job = RunSpec('e1', 'j', 'touch {marker}')",
+            "ex.start(ex.prepare(job), gated=True)",
+            f"open('{pid_file}', 'w').write(str(await ex.pid('e1')))",
         )
         assert proc.returncode == 0
         shell = int(pid_file.read_text())

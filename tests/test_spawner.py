@@ -8,12 +8,7 @@ from pathlib import Path
 
 from conftest import job, wait_until
 
-
-def children(pid: int) -> list[int]:
-    found: list[int] = []
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        found += map(int, (task / "children").read_text().split())
-    return found
+from bench.harness import children
 
 
 def gone(pid: int) -> bool:
