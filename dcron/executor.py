@@ -70,15 +70,18 @@ REPLY_BATCH = 256
 HELPER_EXIT_S = 5.0
 
 # A shell run can be spawned ahead of its slot and held at a gate, so that at
-# the slot starting it costs one write instead of a fork and an exec. The
-# shell's stdin is then a pipe the executor holds: the script first reads one
-# line from it and goes on only if that line is "go", points stdin at
-# /dev/null as for any run, and runs the command. If the node dies before the
-# slot, the pipe closes without "go" and the shell exits without running it.
-_GATE = (
-    'read -r dcron_gate && [ "$dcron_gate" = go ] || exit 125\n'
-    "unset dcron_gate; exec </dev/null\n"
-)
+# the slot starting it costs no fork and no exec. The shell's stdin is then
+# the read end of the gate's pipe, which every run held for the same instant
+# shares: the script first reads one line from it, points stdin at /dev/null
+# as for any run, and runs the command. Releasing the gate is one write of an
+# empty line per run; shells read their input a byte at a time, so each takes
+# exactly one. If the node dies before the slot, or the gate is cancelled,
+# the pipe closes with no line in it and the shells exit without running the
+# command.
+_GATE = "read -r dcron_gate || exit 125\nunset dcron_gate; exec </dev/null\n"
+# The most runs one gate holds: one write of this many bytes is atomic and
+# fits an empty pipe. More runs due at one instant take more gates.
+GATE_RUNS_MAX = 4096
 
 
 @dataclass(frozen=True)
@@ -221,6 +224,58 @@ class PreparedRun:
         return self.spec.shell and self.error is None
 
 
+class Gate:
+    """Holds the shell runs spawned ahead for one instant, to release at once.
+
+    One write releases all of them. With a pipe per run the node made one
+    write per run, and each write woke a shell that could take the node's
+    core: the last runs of a burst of 167 were released up to 85 ms after
+    the first, the node waiting for its turn on the core behind the shells
+    it had woken (docs/benchmarks.md).
+    """
+
+    def __init__(self) -> None:
+        self._read_fd, self._write_fd = os.pipe2(os.O_CLOEXEC)
+        self._runs: list[_Run] = []
+
+    @property
+    def full(self) -> bool:
+        return len(self._runs) >= GATE_RUNS_MAX
+
+    @property
+    def closed(self) -> bool:
+        return self._write_fd < 0
+
+    def _hold(self, run: _Run) -> int:
+        """Add a run; returns a new descriptor of the read end for its shell."""
+        read_fd = os.dup(self._read_fd)
+        self._runs.append(run)
+        run.gate = self
+        return read_fd
+
+    def _close(self, release: bool) -> list[_Run]:
+        """Close the gate, releasing its shells or not; returns the runs
+        still held here (not stopped at the gate meanwhile)."""
+        if self.closed:
+            return []
+        held = [run for run in self._runs if run.gate is self]
+        for run in held:
+            run.gate = None
+        try:
+            if release:
+                # A line for every run ever held, so that a shell being
+                # stopped meanwhile that still takes one leaves enough.
+                os.write(self._write_fd, b"\n" * len(self._runs))
+        except OSError:
+            # Every shell already left (EPIPE): none of them begins.
+            held = []
+        finally:
+            os.close(self._write_fd)
+            os.close(self._read_fd)
+            self._write_fd = self._read_fd = -1
+        return held
+
+
 @dataclass(frozen=True)
 class StartedRun:
     """A run start() handed to the spawner; supervise() sees it to its result."""
@@ -247,8 +302,8 @@ class _Run:
     supervised: asyncio.Future[None]
     # Resolved when the command may begin: at once, or at release().
     released: asyncio.Future[None]
-    # The write end of the gate of a run spawned ahead, until released.
-    gate_fd: int | None = None
+    # The gate of a run spawned ahead, until released or cancelled.
+    gate: Gate | None = None
     # The exit code as subprocess gives it (-N for signal N), once reaped.
     returncode: int | None = None
     spawn_error: str | None = None
@@ -520,8 +575,13 @@ class Executor:
         }
         return PreparedRun(spec, argv, env)
 
+    def gate(self) -> Gate:
+        """A new gate for runs spawned ahead for one instant (OSError if no
+        pipe can be made)."""
+        return Gate()
+
     def start(
-        self, prepared: PreparedRun, gated: bool = False
+        self, prepared: PreparedRun, gate: Gate | None = None
     ) -> StartedRun | RunResult:
         """Have the spawner start the process of a prepared run, and return.
 
@@ -529,9 +589,9 @@ class Executor:
         supervise(): it reports every started run, including one the spawner
         then fails to start. A run that cannot be handed over gives its
         not-started result instead; never raises for the command's sake.
-        ``gated`` (for a ``gateable`` run) spawns the shell held at its gate:
-        the command begins at release(), and its start time and timeout count
-        from then.
+        ``gate`` (for a ``gateable`` run) spawns the shell held at that gate,
+        which must have room: the command begins when release() opens it, and
+        its start time and timeout count from then.
         """
         spec = prepared.spec
         started_at = datetime.now(UTC)
@@ -548,16 +608,18 @@ class Executor:
             return _not_started(spec, started_at, f"no process spawner: {exc}")
         assert self._spawner is not None
 
-        gated = gated and prepared.gateable
+        if not prepared.gateable:
+            gate = None
+        elif gate is not None and (gate.closed or gate.full):
+            raise ValueError("the gate is closed or full")
         argv = prepared.argv
-        if gated:
+        if gate is not None:
             argv = [*argv[:-1], _GATE + argv[-1]]
 
         # Our own pipe rather than PIPE: the output waits in it until
         # supervise() connects the read end.
         try:
             read_fd, write_fd = os.pipe()
-            gate_read, gate_fd = os.pipe() if gated else (None, None)
         except OSError as exc:
             return _not_started(spec, started_at, str(exc))
 
@@ -572,59 +634,50 @@ class Executor:
             pipe_closed=loop.create_future(),
             supervised=loop.create_future(),
             released=loop.create_future(),
-            gate_fd=gate_fd,
         )
+        fds = [write_fd]
+        if gate is not None:
+            try:
+                fds.insert(0, gate._hold(run))
+            except OSError as exc:
+                _close_all([read_fd, write_fd])
+                return _not_started(spec, started_at, str(exc))
         run_id = next(self._run_ids)
         self._runs[spec.execution_id] = run
         self._spawned[run_id] = run
         self._pending.add(run.supervised)
-        request = (run_id, argv, prepared.env, spec.cwd, gate_read is not None)
-        fds = [write_fd] if gate_read is None else [gate_read, write_fd]
+        request = (run_id, argv, prepared.env, spec.cwd, gate is not None)
         self._spawner.send(request, fds)
         self._unstarted += 1
         run.spawned.add_done_callback(self._counted_start)
-        if not gated:
+        if gate is None:
             run.released.set_result(None)
         return StartedRun(spec, started_at)
 
-    def release(self, execution_id: str) -> bool:
-        """Let a run spawned ahead by ``start(gated=True)`` begin now.
+    def release(self, gate: Gate) -> int:
+        """Let every run held at ``gate`` begin now, with one write.
 
-        One write and one close: a burst spawned ahead starts in well under a
-        millisecond. False when the run is not held at its gate here.
+        Returns how many were released: none once the gate is closed.
         """
-        run = self._runs.get(execution_id)
-        if run is None or run.gate_fd is None:
-            return False
-        run.started_at = datetime.now(UTC)
-        run.clock = time.monotonic()
-        gate_fd, run.gate_fd = run.gate_fd, None
-        try:
-            os.write(gate_fd, b"go\n")
-        except OSError:
-            # The shell is already gone (stopped at its gate); supervise()
-            # reports that.
-            return False
-        finally:
-            os.close(gate_fd)
-        # Logged by supervise(), not here: a burst is released back to back,
-        # and a log line for each would delay the last of them.
-        run.released.set_result(None)
-        return True
+        now, clock = datetime.now(UTC), time.monotonic()
+        held = gate._close(release=True)
+        # Logged by supervise(), not here: a log line for each run would
+        # hold the loop while the burst's shells start.
+        for run in held:
+            run.started_at, run.clock = now, clock
+            run.released.set_result(None)
+        return len(held)
 
-    def cancel(self, execution_id: str, reason: str) -> bool:
-        """Send a run spawned ahead away from its gate without running it.
+    def cancel(self, gate: Gate, reason: str) -> int:
+        """Send the runs held at ``gate`` away without running their commands.
 
-        Its result says it did not start, with ``reason``. False when the run
-        is not held at its gate here.
+        Their results say they did not start, with ``reason``. Returns how
+        many were held.
         """
-        run = self._runs.get(execution_id)
-        if run is None or run.gate_fd is None:
-            return False
-        run.output.note(f"could not start: {reason}")
-        os.close(run.gate_fd)
-        run.gate_fd = None
-        return True
+        held = gate._close(release=False)
+        for run in held:
+            run.output.note(f"could not start: {reason}")
+        return len(held)
 
     async def supervise(self, started: StartedRun) -> RunResult:
         """Watch a started run to its end and return its result.
@@ -660,15 +713,12 @@ class Executor:
                 transport.close()
         finally:
             del self._runs[spec.execution_id]
-            if run.gate_fd is not None:
-                os.close(run.gate_fd)
-                run.gate_fd = None
-            if not run.exited.done() and run.spawned.done():
+            run.gate = None
+            if not run.exited.done():
                 # Only when supervise() itself is cancelled: leave nothing
-                # behind. The spawner still reports the exit.
-                pid = run.spawned.result()
-                if pid is not None:
-                    _signal_group(pid, signal.SIGKILL)
+                # behind, not even a shell at its gate. The spawner still
+                # reports the exit.
+                run.spawned.add_done_callback(_kill_spawned)
             run.supervised.set_result(None)
             self._pending.discard(run.supervised)
 
@@ -715,9 +765,7 @@ class Executor:
 
     async def _never_released(self, run: _Run) -> RunResult:
         """The result of a run whose shell ended at its gate (supervise())."""
-        if run.gate_fd is not None:
-            os.close(run.gate_fd)
-            run.gate_fd = None
+        run.gate = None
         await run.exited
         if run.stopping is not None:
             await run.stopping
@@ -849,6 +897,12 @@ def _watch_orphan(run: _Run, pid: int, loop: asyncio.AbstractEventLoop) -> None:
         run.on_exited(EXIT_STATUS_LOST)
 
     loop.add_reader(pidfd, on_exit)
+
+
+def _kill_spawned(spawned: asyncio.Future[int | None]) -> None:
+    pid = None if spawned.cancelled() else spawned.result()
+    if pid is not None:
+        _signal_group(pid, signal.SIGKILL)
 
 
 def _close_all(fds: list[int]) -> None:

@@ -32,7 +32,7 @@ from dcron import __version__, jobs, schedule, systemd
 from dcron.api import make_app
 from dcron.config import Config, check_data_dir
 from dcron.errors import Conflict, DcronError, NotFound, Unavailable
-from dcron.executor import Executor, PreparedRun, RunResult, RunSpec, StartedRun
+from dcron.executor import Executor, Gate, PreparedRun, RunResult, RunSpec, StartedRun
 from dcron.health import HealthMonitor
 from dcron.replication import (
     KeyRefused,
@@ -97,6 +97,9 @@ class Node:
         # then by execution id: prepared, spawned ahead and held at their
         # gate, or already known not to start.
         self._due: dict[float, dict[str, tuple[dict[str, Any], Ready]]] = {}
+        # The gates the runs spawned ahead for an instant wait at, the one
+        # still taking runs last.
+        self._gates: dict[float, list[Gate]] = {}
         # (start time, execution id) of the prepared runs to spawn ahead.
         self._ahead: deque[tuple[float, str]] = deque()
         self._spawning = False
@@ -313,7 +316,7 @@ class Node:
         self._monitor.stop()
         self.scheduler.stop()
         for start_at in list(self._due):
-            self._not_run(list(self._due.pop(start_at).values()))
+            self._not_run(start_at)
         # Running jobs get the grace period to finish on their own; what is
         # still running then is terminated (SIGTERM, then SIGKILL).
         deadline = time.time() + self.config.shutdown_grace
@@ -520,7 +523,10 @@ class Node:
                 or start_at - time.time() <= GATE_AHEAD_MIN_S
             ):
                 continue
-            started = self._launch(execution, prepared, gated=True)
+            gate = self._gate(start_at)
+            if gate is None:
+                continue
+            started = self._launch(execution, prepared, gate)
             due[execution_id] = (execution, started)
             if isinstance(started, StartedRun):
                 # Supervised from now: a shell stopped at its gate (the node
@@ -530,6 +536,18 @@ class Node:
             self._loop.add_callback(self._spawn_ahead)
         else:
             self._spawning = False
+
+    def _gate(self, start_at: float) -> Gate | None:
+        """The gate with room for a run due at ``start_at``, made if need be;
+        None if no pipe can be made now (the run is spawned at its time)."""
+        gates = self._gates.setdefault(start_at, [])
+        if not gates or gates[-1].full:
+            try:
+                gates.append(self.executor.gate())
+            except OSError as exc:
+                logger.warning("no gate for runs due at %.3f: %s", start_at, exc)
+                return None
+        return gates[-1]
 
     def _arm(self, start_at: float) -> None:
         # The timer runs on the loop's monotonic clock; the delay comes from
@@ -548,52 +566,52 @@ class Node:
     def _start_due(self, start_at: float) -> None:
         """Start every run due at ``start_at``, back to back, then watch each.
 
-        Runs spawned ahead are released first, one write each; the others
-        are spawned after them in this same callback: with a coroutine per
-        run, the first fork would wait for every other run's preamble.
+        Runs spawned ahead are released first, one write for each gate; the
+        others are spawned after them in this same callback: with a
+        coroutine per run, the first would wait for every other run's
+        preamble.
         """
         if time.time() < start_at:
             # The loop's clock ran ahead of the wall clock; a run never starts
             # before its time.
             self._arm(start_at)
             return
-        due = list(self._due.pop(start_at, {}).values())
         if self.stopping:
-            self._not_run(due)
+            self._not_run(start_at)
             return
-
-        for _, ready in due:
-            if isinstance(ready, StartedRun):
-                self.executor.release(ready.spec.execution_id)
+        due = list(self._due.pop(start_at, {}).values())
+        for gate in self._gates.pop(start_at, []):
+            self.executor.release(gate)
         for execution, ready in due:
             if not isinstance(ready, StartedRun):
                 outcome = self._launch(execution, ready)
                 self._loop.add_callback(self._run, execution, outcome, None)
 
-    def _not_run(self, due: list[tuple[dict[str, Any], Ready]]) -> None:
-        """Record runs fired ahead of their slot when the node stops first."""
+    def _not_run(self, start_at: float) -> None:
+        """Record the runs due at ``start_at`` when the node stops first."""
         why = f"node {self.name} shut down before the run started"
+        due = self._due.pop(start_at, {}).values()
+        # The runs held at these gates are recorded by their supervision.
+        for gate in self._gates.pop(start_at, []):
+            self.executor.cancel(gate, f"interrupted: {why}")
         now = datetime.now(UTC)
         result = RunResult(
             -1, False, f"[dcron: interrupted: {why}]\n", False, now, now, False, False
         )
         for execution, ready in due:
-            if isinstance(ready, StartedRun):
-                # Its supervision records it.
-                self.executor.cancel(ready.spec.execution_id, f"interrupted: {why}")
-            else:
+            if not isinstance(ready, StartedRun):
                 self._loop.add_callback(self._run, execution, result, "interrupted")
 
     def _launch(
         self,
         execution: dict[str, Any],
         prepared: PreparedRun | RunResult,
-        gated: bool = False,
+        gate: Gate | None = None,
     ) -> StartedRun | RunResult:
         if isinstance(prepared, RunResult):
             return prepared
         try:
-            return self.executor.start(prepared, gated)
+            return self.executor.start(prepared, gate)
         except Exception as exc:
             return self._could_not_run(execution, prepared.spec.job_name, exc)
 

@@ -763,7 +763,8 @@ class TestSpawnedAhead:
 
         async def scenario() -> tuple[float, float, RunResult]:
             ex = Executor()
-            ahead = ex.start(ex.prepare(job), gated=True)
+            gate = ex.gate()
+            ahead = ex.start(ex.prepare(job), gate)
             assert isinstance(ahead, StartedRun)
             supervised = asyncio.ensure_future(ex.supervise(ahead))
             # Held longer than its timeout: the timeout counts from release.
@@ -771,8 +772,8 @@ class TestSpawnedAhead:
             await eventually(lambda: time.monotonic() > held_until, what="hold")
             assert not marker.exists()
             released_at = time.time()
-            assert ex.release(job.execution_id)
-            assert not ex.release(job.execution_id)
+            assert ex.release(gate) == 1
+            assert ex.release(gate) == 0
             result = await supervised
             return released_at, int(marker.read_text()) / 1e9, result
 
@@ -785,58 +786,124 @@ class TestSpawnedAhead:
         assert not result.timed_out
         assert result.started
 
-    def test_a_cancelled_run_never_runs_its_command(self, tmp_path: Path) -> None:
-        marker = tmp_path / "ran"
-        job = spec(f"touch {marker}")
+    def test_one_release_lets_every_run_at_the_gate_begin_once(
+        self, tmp_path: Path
+    ) -> None:
+        # Each shell takes one line of the gate's pipe; one left without
+        # would wait for ever, one taking two would leave another without.
+        count = 40
+        began = tmp_path / "began"
+        jobs = [spec(f"echo $DCRON_EXECUTION_ID >> {began}") for _ in range(count)]
 
-        async def scenario() -> RunResult:
+        async def scenario() -> list[RunResult]:
             ex = Executor()
-            ahead = ex.start(ex.prepare(job), gated=True)
-            assert isinstance(ahead, StartedRun)
-            supervised = asyncio.ensure_future(ex.supervise(ahead))
-            assert ex.cancel(job.execution_id, "the node stopped first")
-            return await supervised
+            gate = ex.gate()
+            ahead = [ex.start(ex.prepare(job), gate) for job in jobs]
+            supervised = [
+                asyncio.ensure_future(ex.supervise(run))
+                for run in ahead
+                if isinstance(run, StartedRun)
+            ]
+            assert len(supervised) == count
+            # Every shell at its gate before the release.
+            for job in jobs:
+                assert await ex.pid(job.execution_id) is not None
+            assert not began.exists()
+            assert ex.release(gate) == count
+            return await asyncio.gather(*supervised)
 
-        result = within(10, scenario())
+        results = within(20, scenario())
 
-        assert not marker.exists()
-        assert not result.started
-        assert result.exit_code == -1
-        assert "could not start: the node stopped first" in result.output
+        assert all(r.started and r.exit_code == 0 for r in results)
+        assert len({r.started_at for r in results}) == 1
+        assert sorted(began.read_text().split()) == sorted(
+            job.execution_id for job in jobs
+        )
 
-    def test_a_terminated_run_is_stopped_at_its_gate(self, tmp_path: Path) -> None:
-        marker = tmp_path / "ran"
-        job = spec(f"touch {marker}")
+    def test_a_full_gate_takes_no_more_runs(
+        self, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        monkeypatch.setattr(executor, "GATE_RUNS_MAX", 2)
 
-        async def scenario() -> RunResult:
+        async def scenario() -> list[RunResult]:
             ex = Executor()
-            ahead = ex.start(ex.prepare(job), gated=True)
-            assert isinstance(ahead, StartedRun)
-            supervised = asyncio.ensure_future(ex.supervise(ahead))
-            assert await ex.terminate(job.execution_id, "replaced by a newer run")
-            return await supervised
+            gate = ex.gate()
+            ahead = [ex.start(ex.prepare(spec("true")), gate) for _ in range(2)]
+            assert gate.full
+            with pytest.raises(ValueError):
+                ex.start(ex.prepare(spec("true")), gate)
+            supervised = [ex.supervise(run) for run in ahead]  # type: ignore[arg-type]
+            ex.release(gate)
+            return await asyncio.gather(*supervised)
 
-        result = within(10, scenario())
+        results = within(10, scenario())
 
-        assert not marker.exists()
+        assert [r.exit_code for r in results] == [0, 0]
+
+    def test_a_cancelled_gate_runs_no_command(self, tmp_path: Path) -> None:
+        ran = tmp_path / "ran"
+        jobs = [spec(f"touch {ran}") for _ in range(3)]
+
+        async def scenario() -> list[RunResult]:
+            ex = Executor()
+            gate = ex.gate()
+            ahead = [ex.start(ex.prepare(job), gate) for job in jobs]
+            supervised = [ex.supervise(run) for run in ahead]  # type: ignore[arg-type]
+            assert ex.cancel(gate, "the node stopped first") == 3
+            assert ex.release(gate) == 0
+            return await asyncio.gather(*supervised)
+
+        results = within(10, scenario())
+
+        assert not ran.exists()
+        for result in results:
+            assert not result.started
+            assert result.exit_code == -1
+            assert "could not start: the node stopped first" in result.output
+
+    def test_a_run_terminated_at_the_gate_leaves_the_others_held(
+        self, tmp_path: Path
+    ) -> None:
+        ran = tmp_path / "ran"
+        stopped, kept = spec(f"echo stopped >> {ran}"), spec(f"echo kept >> {ran}")
+
+        async def scenario() -> tuple[RunResult, RunResult]:
+            ex = Executor()
+            gate = ex.gate()
+            first = ex.start(ex.prepare(stopped), gate)
+            second = ex.start(ex.prepare(kept), gate)
+            assert isinstance(first, StartedRun) and isinstance(second, StartedRun)
+            supervised = asyncio.ensure_future(ex.supervise(first))
+            other = asyncio.ensure_future(ex.supervise(second))
+            assert await ex.terminate(stopped.execution_id, "replaced by a newer run")
+            result = await supervised
+            assert ex.release(gate) == 1
+            return result, await other
+
+        result, other = within(10, scenario())
+
         assert not result.started
         assert "terminated: replaced by a newer run" in result.output
+        assert other.started and other.exit_code == 0
+        assert ran.read_text() == "kept\n"
 
     def test_the_command_never_runs_when_the_node_dies_first(
         self, tmp_path: Path
     ) -> None:
-        # A process that spawns a run ahead and dies: its end of the gate
-        # closes without "go", and the shell must leave without the command.
+        # A process that spawns runs ahead and dies: the gate's pipe closes
+        # with no line in it, and the shells leave without their commands.
         marker = tmp_path / "ran"
-        pid_file = tmp_path / "pid"
+        pids = tmp_path / "pids"
         proc = run_and_die(
-            f"job = RunSpec('e1', 'j', 'touch {marker}')",
-            "ex.start(ex.prepare(job), gated=True)",
-            f"open('{pid_file}', 'w').write(str(await ex.pid('e1')))",
+            "gate = ex.gate()",
+            f"jobs = [RunSpec(f'e{{i}}', 'j', 'touch {marker}') for i in range(3)]",
+            "[ex.start(ex.prepare(job), gate) for job in jobs]",
+            "found = [str(await ex.pid(job.execution_id)) for job in jobs]",
+            f"open('{pids}', 'w').write(' '.join(found))",
         )
         assert proc.returncode == 0
-        shell = int(pid_file.read_text())
-        wait_until_gone(shell)
+        for shell in map(int, pids.read_text().split()):
+            wait_until_gone(shell)
         assert not marker.exists()
 
     def test_only_shell_runs_are_held(self) -> None:
