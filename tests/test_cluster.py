@@ -80,8 +80,10 @@ class TestForming:
         tags = {"role": "all"}
         client.post("/jobs", job("everywhere", schedule="@every 1s", tags=tags))
         runs = wait_until(
-            lambda: len(client.finished("everywhere")) >= 3
-            and client.finished("everywhere"),
+            lambda: (
+                len(client.finished("everywhere")) >= 3
+                and client.finished("everywhere")
+            ),
             timeout=15,
         )
         client.post("/jobs/everywhere/toggle")
