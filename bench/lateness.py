@@ -69,6 +69,13 @@ def slots(expression: str, begin: int, end: int) -> list[int]:
     return [s for s in range(begin, end) if s % 60 == int(second)]
 
 
+def share(part: int, whole: int) -> str:
+    """A percentage that never rounds a miss away: 99.96% prints as 99.9%."""
+    if part == whole:
+        return "100%"
+    return f"{math.floor(1000 * part / max(1, whole)) / 10:.1f}%"
+
+
 def limit_at(limit: list[float], k: int) -> float:
     """limit(k), extrapolated at the mean spawn cost past the measured burst."""
     if k <= len(limit):
@@ -129,8 +136,8 @@ class Outcome:
             harness.ms(harness.percentile(self.lateness, 99)),
             harness.ms(max(self.lateness, default=float("nan"))),
             harness.ms(harness.percentile(self.first, 99)),
-            f"{100 * on_time / max(1, len(self.first)):.0f}%",
-            f"{100 * self.kth_ok / max(1, runs):.0f}%",
+            share(on_time, len(self.first)),
+            share(self.kth_ok, runs),
             f"{self.worst_kth_ratio:.1f}",
         ]
 
