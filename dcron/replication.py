@@ -10,9 +10,10 @@ pysyncobj runs Raft, applies entries and calls callbacks on its own tick
 thread. Nothing here blocks the IOLoop: callbacks cross over with
 ``IOLoop.add_callback``.
 
-Snapshots carry the SQLite database itself: the serializer copies it with
-SQLite's backup API and stores pysyncobj's own state beside the tables, so a
-follower far behind is brought up to date by one file.
+Snapshots carry the SQLite database itself: a copy made with SQLite's backup
+API, with pysyncobj's own state stored beside the tables, so a follower far
+behind is brought up to date by one file. The copy is written on a thread of
+its own (``Snapshots``), never on the tick thread.
 """
 
 from __future__ import annotations
@@ -22,11 +23,13 @@ import logging
 import os
 import pickle
 import socket
+import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from pysyncobj import FAIL_REASON, SyncObj, SyncObjConf, replicated
+from pysyncobj import FAIL_REASON, SERIALIZER_STATE, SyncObj, SyncObjConf, replicated
 from pysyncobj.pipe_notifier import PipeNotifier
 from pysyncobj.utility import TcpUtility, UtilityException
 from tornado.ioloop import IOLoop
@@ -97,6 +100,8 @@ class Replica(SyncObj):  # type: ignore[misc]
     ) -> None:
         self.store = store
         self._loop = IOLoop.current()
+        snapshot_path = os.path.join(settings.data_dir, "raft.snapshot")
+        self.snapshots = Snapshots(snapshot_path, store.snapshot_to)
         self._on_state_changed = on_state_changed
         self._on_ready = on_ready
         conf = SyncObjConf(
@@ -104,8 +109,9 @@ class Replica(SyncObj):  # type: ignore[misc]
             journalFile=os.path.join(settings.data_dir, "raft.journal"),
             # Without a dump file a node restarted after compaction never
             # applies again (trap 1).
-            fullDumpFile=os.path.join(settings.data_dir, "raft.snapshot"),
-            serializer=self._write_snapshot,
+            fullDumpFile=snapshot_path,
+            serializer=self.snapshots.start,
+            serializeChecker=self.snapshots.state,
             deserializer=self._read_snapshot,
             dynamicMembershipChange=True,
             leaderFallbackTimeout=LEADER_FALLBACK_S,
@@ -251,11 +257,100 @@ class Replica(SyncObj):  # type: ignore[misc]
 
     # ---- snapshots ---------------------------------------------------------
 
-    def _write_snapshot(self, path: str, raft_data: Any) -> None:
-        self.store.snapshot_to(path, pickle.dumps(raft_data))
-
     def _read_snapshot(self, path: str) -> Any:
         return pickle.loads(self.store.restore_from(path))
+
+
+class Snapshots:
+    """Writes raft snapshots of the store on a thread of their own.
+
+    pysyncobj calls a custom serializer on its tick thread and waits for it to
+    return. A snapshot is a copy of the whole database, hundreds of megabytes
+    once a million executions are stored, and while the tick thread copied it
+    the node sent no heartbeat and committed nothing: for seconds on every
+    compaction, long enough for followers to depose a healthy leader. So
+    ``start`` only starts the copy, and pysyncobj, asking ``state`` on every
+    tick, drops the log the snapshot covers once it says SUCCESS.
+
+    The copy reads through a connection of its own while the tick thread goes
+    on applying, so it may hold entries past the index pysyncobj snapshots at.
+    Replaying those over it is harmless: the store skips every index it has
+    applied (shared/DESIGN.md, invariant 3).
+    """
+
+    def __init__(self, path: str, copy: Callable[[str, bytes], None]) -> None:
+        self.path = path
+        self._copy = copy
+        self._state = SERIALIZER_STATE.NOT_SERIALIZING
+        self._thread: threading.Thread | None = None
+
+    def start(self, tmp_path: str, raft_meta: Any) -> None:
+        """pysyncobj's serializer: begin a snapshot holding ``raft_meta``."""
+        # pysyncobj renames tmp_path over the snapshot as soon as this returns.
+        # With no file there the rename fails, which it ignores; a file left
+        # there by a crash would replace the snapshot, so it goes first.
+        _remove(tmp_path)
+        if self._state == SERIALIZER_STATE.SERIALIZING:
+            return
+        self._state = SERIALIZER_STATE.SERIALIZING
+        self._thread = threading.Thread(
+            target=self._write,
+            args=(pickle.dumps(raft_meta),),
+            name="dcron-snapshot",
+            daemon=True,
+        )
+        self._thread.start()
+
+    def state(self) -> int:
+        """pysyncobj's serializeChecker: SUCCESS or FAILED once per snapshot."""
+        state = self._state
+        if state in (SERIALIZER_STATE.SUCCESS, SERIALIZER_STATE.FAILED):
+            self._state = SERIALIZER_STATE.NOT_SERIALIZING
+        return state
+
+    def wait(self, timeout: float) -> bool:
+        """Wait for a snapshot being written; False if one still is."""
+        thread = self._thread
+        if thread is not None:
+            thread.join(timeout)
+        return thread is None or not thread.is_alive()
+
+    def _write(self, raft_meta: bytes) -> None:
+        # Written beside the snapshot and renamed over it once complete: until
+        # then the old snapshot and the whole log it leaves stay as they were.
+        part = self.path + ".part"
+        began = time.monotonic()
+        try:
+            _remove(part)
+            self._copy(part, raft_meta)
+            os.replace(part, self.path)
+            _sync_directory(os.path.dirname(self.path) or ".")
+        except Exception:
+            logger.warning("snapshot failed; the log is kept", exc_info=True)
+            _remove(part)
+            self._state = SERIALIZER_STATE.FAILED
+            return
+        logger.info(
+            "snapshot written in %.1fs (%d bytes)",
+            time.monotonic() - began,
+            os.path.getsize(self.path),
+        )
+        self._state = SERIALIZER_STATE.SUCCESS
+
+
+def _remove(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+def _sync_directory(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 # ---- talking to a cluster this node is not part of yet ---------------------

@@ -813,16 +813,25 @@ class Store:
     # ---- snapshots ---------------------------------------------------------
 
     def snapshot_to(self, path: str, raft_meta: bytes) -> None:
-        """Write a consistent copy of the database, with raft's own state in it."""
-        target = sqlite3.connect(path)
+        """Write a consistent copy of the database, with raft's own state in it.
+
+        Safe on any thread: the copy reads through a connection of its own
+        while the apply connection goes on writing. Raises ValueError when
+        SQLite cannot make it.
+        """
+        copy_database(self.path, path)
         try:
-            database.connection().backup(target)
-            target.execute("create table if not exists raft_meta (data blob)")
-            target.execute("delete from raft_meta")
-            target.execute("insert into raft_meta values (?)", (raft_meta,))
-            target.commit()
-        finally:
-            target.close()
+            target = sqlite3.connect(path)
+            try:
+                # A store restored from a snapshot can hold one (restore_from).
+                target.execute("drop table if exists raft_meta")
+                target.execute("create table raft_meta (data blob)")
+                target.execute("insert into raft_meta values (?)", (raft_meta,))
+                target.commit()
+            finally:
+                target.close()
+        except sqlite3.Error as exc:
+            raise ValueError(str(exc)) from exc
 
     def restore_from(self, path: str) -> bytes:
         """Load a snapshot unless the live database is already past it.

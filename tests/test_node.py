@@ -209,6 +209,22 @@ class TestLifecycle:
         assert stored["success_count"] == 5
         assert len(node.client.executions("replayed")) == 5
 
+    def test_kill_9_after_the_log_was_compacted_loses_nothing(self, make_node):
+        # The snapshot is written on a thread of its own while the node goes
+        # on applying; the restart reads it, then the log that follows it.
+        node = make_node("--raft-compaction-entries", "40")
+        names = {f"compacted-{i}" for i in range(120)}
+        for name in sorted(names):
+            assert node.client.post("/jobs", job(name)).status == 201
+        wait_until(lambda: node.info()["raft"]["log_entries"] < 100)
+        assert "snapshot written" in node.log_path.read_text()
+        node.kill()
+
+        node.start()
+        listed = node.client.get("/jobs?_end=1000").json
+        assert {j["name"] for j in listed} == names
+        assert node.client.post("/jobs", job("after-restart")).status == 201
+
     def test_a_run_open_at_kill_9_is_closed_as_interrupted(self, make_node):
         node = make_node()
         client = node.client
