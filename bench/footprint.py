@@ -15,6 +15,13 @@ proportional set size of the two together, in which the pages they share
 (the interpreter and its libraries) count once; disk is the whole data dir
 (SQLite, WAL, raft journal and snapshot).
 
+While the store grows the node compacts its raft log into a snapshot, a copy
+of the whole store, every 20,000 entries (about every 10,000 runs). A second
+table gives, for each quarter of the runs, the p99 and the longest of the
+seeding's requests, each of which waits for a commit, beside the snapshots the
+node logged and the longest of them: a snapshot that held up the raft thread
+shows as requests as long as it.
+
 Restart is timed twice: after SIGTERM (a clean stop) and after SIGKILL (the
 journal is replayed), each until /health answers and until the node is ready
 (caught up, leader elected, scheduler running).
@@ -26,6 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import re
 import sys
 import time
 from typing import Any
@@ -36,6 +44,7 @@ TARGET_EXECUTIONS = 1_000_000
 KEEP = 100  # executions kept per job: the node's default --executions-per-job
 MB = 1024 * 1024
 CHECKPOINTS = 4
+SNAPSHOT_LINE = re.compile(r"snapshot written in ([0-9.]+)s \((\d+) bytes\)")
 
 
 def snapshot(node: harness.Node, label: str, executions: int) -> list[Any]:
@@ -54,9 +63,12 @@ def memory(node: harness.Node) -> list[str]:
     return [f"{n / MB:.0f}" for n in (used.node_rss, used.spawner_rss, used.pss)]
 
 
-def seed(base: str, names: list[str], runs: int, deadline: float) -> int:
+def seed(
+    base: str, names: list[str], runs: int, deadline: float
+) -> tuple[int, list[float]]:
     """Run jobs by hand, round robin, until ``runs`` were accepted or the
-    monotonic ``deadline`` passes; return how many were accepted."""
+    monotonic ``deadline`` passes; return how many were accepted and every
+    request's latency in seconds."""
     cycle = itertools.cycle(names)
     sent = itertools.count()
 
@@ -65,7 +77,17 @@ def seed(base: str, names: list[str], runs: int, deadline: float) -> int:
             yield ("POST", f"/jobs/{next(cycle)}/run", None)
 
     results = asyncio.run(harness.run_requests(base, requests(), clients=32))
-    return sum(1 for status, _ in results if status == 202)
+    accepted = sum(1 for status, _ in results if status == 202)
+    return accepted, [latency for _, latency in results]
+
+
+def snapshots_logged(node: harness.Node) -> list[tuple[float, int]]:
+    """(seconds, bytes) of every snapshot the node's log says it wrote."""
+    try:
+        text = node.log_path.read_text(errors="replace")
+    except OSError:
+        return []
+    return [(float(m[1]), int(m[2])) for m in SNAPSHOT_LINE.finditer(text)]
 
 
 def stored(node: harness.Node) -> int:
@@ -131,17 +153,31 @@ def main() -> None:
         runs = 0
         count = 0
         took = 0.0  # seeding only, not the pauses to count and measure
+        growing = []
+        snapshots_before = len(snapshots_logged(node))
         for quarter in range(1, CHECKPOINTS + 1):
             seeding = time.monotonic()
-            runs += seed(
+            accepted, latencies = seed(
                 node.url, names, wanted * quarter // CHECKPOINTS - runs, deadline
             )
+            runs += accepted
             took += time.monotonic() - seeding
             count = stored(node)
-            rows.append(
-                snapshot(
-                    node, f"{jobs} jobs, {quarter}/{CHECKPOINTS} of the runs", count
-                )
+            label = f"{jobs} jobs, {quarter}/{CHECKPOINTS} of the runs"
+            rows.append(snapshot(node, label, count))
+            written = snapshots_logged(node)[snapshots_before:]
+            snapshots_before += len(written)
+            growing.append(
+                [
+                    label,
+                    count,
+                    len(latencies),
+                    harness.ms(harness.percentile(latencies, 99)),
+                    harness.ms(max(latencies, default=float("nan"))),
+                    len(written),
+                    f"{max((s for s, _ in written), default=0.0):.1f}",
+                    f"{max((b for _, b in written), default=0) / MB:.0f}",
+                ]
             )
         rate = runs / took
         print(f"  {runs} manual runs at {rate:.0f}/s", file=sys.stderr)
@@ -175,6 +211,20 @@ def main() -> None:
             "data dir MB",
         ],
         rows,
+    )
+    harness.print_table(
+        "while the store grew: the seeding's requests and the node's snapshots",
+        [
+            "state",
+            "executions stored",
+            "requests",
+            "p99 ms",
+            "longest ms",
+            "snapshots written",
+            "longest snapshot s",
+            "largest snapshot MB",
+        ],
+        growing,
     )
     print(
         f"\n{runs} manual runs at {rate:.0f}/s in {took:.0f} s; "
