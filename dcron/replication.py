@@ -283,6 +283,12 @@ class Snapshots:
         self._copy = copy
         self._state = SERIALIZER_STATE.NOT_SERIALIZING
         self._thread: threading.Thread | None = None
+        # A copy cut short by a stop or a crash; the snapshot before it stands.
+        _remove(self._part)
+
+    @property
+    def _part(self) -> str:
+        return self.path + ".part"
 
     def start(self, tmp_path: str, raft_meta: Any) -> None:
         """pysyncobj's serializer: begin a snapshot holding ``raft_meta``."""
@@ -318,7 +324,7 @@ class Snapshots:
     def _write(self, raft_meta: bytes) -> None:
         # Written beside the snapshot and renamed over it once complete: until
         # then the old snapshot and the whole log it leaves stay as they were.
-        part = self.path + ".part"
+        part = self._part
         began = time.monotonic()
         try:
             _remove(part)

@@ -128,3 +128,12 @@ class TestSnapshots:
 
         assert not stale.exists()
         assert finish(snapshots) == SERIALIZER_STATE.SUCCESS
+
+    def test_a_copy_cut_short_by_a_crash_is_removed_at_start(self, store, tmp_path):
+        target = tmp_path / "raft.snapshot"
+        cut_short = tmp_path / "raft.snapshot.part"
+        cut_short.write_bytes(b"half a copy")
+
+        Snapshots(str(target), store.snapshot_to)
+
+        assert not cut_short.exists()
