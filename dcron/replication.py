@@ -35,7 +35,7 @@ from pysyncobj.utility import TcpUtility, UtilityException
 from tornado.ioloop import IOLoop
 
 from dcron.errors import Unavailable
-from dcron.store import FatalStoreError, Store
+from dcron.store import FatalStoreError, Store, read_snapshot_meta
 
 logger = logging.getLogger(__name__)
 
@@ -102,6 +102,9 @@ class Replica(SyncObj):  # type: ignore[misc]
         self._loop = IOLoop.current()
         snapshot_path = os.path.join(settings.data_dir, "raft.snapshot")
         self.snapshots = Snapshots(snapshot_path, store.snapshot_to)
+        # The snapshot pysyncobj loads first is this node's own, at restart;
+        # any later one was received from a leader (_read_snapshot).
+        self._restarting = os.path.exists(snapshot_path)
         self._on_state_changed = on_state_changed
         self._on_ready = on_ready
         conf = SyncObjConf(
@@ -258,6 +261,11 @@ class Replica(SyncObj):  # type: ignore[misc]
     # ---- snapshots ---------------------------------------------------------
 
     def _read_snapshot(self, path: str) -> Any:
+        if self._restarting:
+            self._restarting = False
+            log = self._SyncObj__raftLog
+            head = [(entry[1], entry[2]) for entry in log[:2]] if len(log) > 1 else []
+            path = self.snapshots.restart_point(head)
         return pickle.loads(self.store.restore_from(path))
 
 
@@ -276,6 +284,10 @@ class Snapshots:
     on applying, so it may hold entries past the index pysyncobj snapshots at.
     Replaying those over it is harmless: the store skips every index it has
     applied (shared/DESIGN.md, invariant 3).
+
+    The snapshot before the newest is kept, for a restart that falls between
+    a new snapshot replacing the old one and pysyncobj dropping the log the
+    new one covers: see restart_point.
     """
 
     def __init__(self, path: str, copy: Callable[[str, bytes], None]) -> None:
@@ -289,6 +301,40 @@ class Snapshots:
     @property
     def _part(self) -> str:
         return self.path + ".part"
+
+    @property
+    def previous(self) -> str:
+        return self.path + ".prev"
+
+    def restart_point(self, log_head: list[tuple[int, int]]) -> str:
+        """The snapshot a restarted node must load, given the (index, term) of
+        the first two entries of its raft log.
+
+        pysyncobj keeps its log at a restart only if the snapshot's last two
+        entries are the log's first two. Otherwise it cuts the log back to the
+        snapshot, and every committed entry past the snapshot goes: the store
+        has applied them, the next commands take their indexes, and the store
+        skips those commands as replays. A node stopped after a new snapshot
+        replaced the old one but before its log was compacted has a log that
+        follows the previous snapshot, which is then the one to load.
+        """
+        for path in (self.path, self.previous):
+            try:
+                entries = pickle.loads(read_snapshot_meta(path))[:2]
+            except (OSError, ValueError, pickle.UnpicklingError):
+                continue
+            if [(entry[1], entry[2]) for entry in reversed(entries)] == log_head:
+                if path != self.path:
+                    logger.warning(
+                        "raft log follows the snapshot before the newest "
+                        "(stopped before the log was compacted); loading %s",
+                        path,
+                    )
+                return path
+        logger.warning(
+            "raft log does not follow any snapshot; it restarts from %s", self.path
+        )
+        return self.path
 
     def start(self, tmp_path: str, raft_meta: Any) -> None:
         """pysyncobj's serializer: begin a snapshot holding ``raft_meta``."""
@@ -329,6 +375,12 @@ class Snapshots:
         try:
             _remove(part)
             self._copy(part, raft_meta)
+            # The newest becomes the previous one, by a link, so that a
+            # complete snapshot stands under the usual name at every moment.
+            if os.path.exists(self.path):
+                _remove(self.previous + ".part")
+                os.link(self.path, self.previous + ".part")
+                os.replace(self.previous + ".part", self.previous)
             os.replace(part, self.path)
             _sync_directory(os.path.dirname(self.path) or ".")
         except Exception:

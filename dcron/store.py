@@ -894,6 +894,22 @@ def copy_database(source_path: str, target_path: str) -> None:
         raise ValueError(str(exc)) from exc
 
 
+def read_snapshot_meta(path: str) -> bytes:
+    """Raft's own state stored in a snapshot file (Store.snapshot_to).
+
+    Raises ValueError when the file is not a readable snapshot.
+    """
+    try:
+        connection = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        try:
+            (raft_meta,) = connection.execute("select data from raft_meta").fetchone()
+            return bytes(raft_meta)
+        finally:
+            connection.close()
+    except (sqlite3.Error, TypeError) as exc:
+        raise ValueError(f"{path}: {exc}") from exc
+
+
 def read_backup_jobs(path: str) -> list[tuple[str, str, float]]:
     """(name, body, updated_at) of every job in a backup file, by name.
 

@@ -137,3 +137,41 @@ class TestSnapshots:
         Snapshots(str(target), store.snapshot_to)
 
         assert not cut_short.exists()
+
+
+class TestRestartPoint:
+    """Which snapshot a restarted node loads, given the head of its raft log."""
+
+    @staticmethod
+    def write(snapshots: Snapshots, tmp_path: Path, last: int) -> None:
+        # pysyncobj's state: the entries at last and last - 1, then the cluster.
+        meta = ((b"cmd", last, 1), (b"cmd", last - 1, 1), ["n2", "n3"])
+        snapshots.start(str(tmp_path / "raft.snapshot.tmp"), meta)
+        assert finish(snapshots) == SERIALIZER_STATE.SUCCESS
+
+    def test_the_newest_snapshot_when_the_log_follows_it(self, store, tmp_path):
+        snapshots = Snapshots(str(tmp_path / "raft.snapshot"), store.snapshot_to)
+        self.write(snapshots, tmp_path, 77)
+        self.write(snapshots, tmp_path, 116)
+
+        assert snapshots.restart_point([(115, 1), (116, 1)]) == snapshots.path
+
+    def test_the_one_before_when_the_log_was_not_compacted_yet(self, store, tmp_path):
+        snapshots = Snapshots(str(tmp_path / "raft.snapshot"), store.snapshot_to)
+        self.write(snapshots, tmp_path, 77)
+        self.write(snapshots, tmp_path, 116)
+
+        assert snapshots.restart_point([(76, 1), (77, 1)]) == snapshots.previous
+        meta = pickle.loads(
+            sqlite3.connect(snapshots.previous)
+            .execute("select data from raft_meta")
+            .fetchone()[0]
+        )
+        assert meta[0][1] == 77
+
+    def test_the_newest_when_the_log_follows_neither(self, store, tmp_path):
+        snapshots = Snapshots(str(tmp_path / "raft.snapshot"), store.snapshot_to)
+        self.write(snapshots, tmp_path, 116)
+
+        assert snapshots.restart_point([(1, 1), (2, 1)]) == snapshots.path
+        assert snapshots.restart_point([]) == snapshots.path
