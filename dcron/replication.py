@@ -285,9 +285,9 @@ class Snapshots:
     Replaying those over it is harmless: the store skips every index it has
     applied (shared/DESIGN.md, invariant 3).
 
-    The snapshot before the newest is kept, for a restart that falls between
-    a new snapshot replacing the old one and pysyncobj dropping the log the
-    new one covers: see restart_point.
+    The snapshot before the newest is kept until pysyncobj has dropped the
+    log the newest covers, for a restart that falls in between: see
+    restart_point.
     """
 
     def __init__(self, path: str, copy: Callable[[str, bytes], None]) -> None:
@@ -295,6 +295,8 @@ class Snapshots:
         self._copy = copy
         self._state = SERIALIZER_STATE.NOT_SERIALIZING
         self._thread: threading.Thread | None = None
+        # SUCCESS was reported and the previous snapshot may go (state()).
+        self._compacting = False
         # A copy cut short by a stop or a crash; the snapshot before it stands.
         _remove(self._part)
 
@@ -358,6 +360,13 @@ class Snapshots:
         state = self._state
         if state in (SERIALIZER_STATE.SUCCESS, SERIALIZER_STATE.FAILED):
             self._state = SERIALIZER_STATE.NOT_SERIALIZING
+        elif state == SERIALIZER_STATE.NOT_SERIALIZING and self._compacting:
+            # pysyncobj dropped the log the newest covers right after it was
+            # told SUCCESS, on the tick before this one: the previous
+            # snapshot is no longer needed, and is a whole copy of the store.
+            self._compacting = False
+            _remove(self.previous)
+        self._compacting = state == SERIALIZER_STATE.SUCCESS
         return state
 
     def wait(self, timeout: float) -> bool:

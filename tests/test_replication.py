@@ -175,3 +175,18 @@ class TestRestartPoint:
 
         assert snapshots.restart_point([(1, 1), (2, 1)]) == snapshots.path
         assert snapshots.restart_point([]) == snapshots.path
+
+    def test_the_one_before_goes_once_the_log_was_compacted(self, store, tmp_path):
+        snapshots = Snapshots(str(tmp_path / "raft.snapshot"), store.snapshot_to)
+        self.write(snapshots, tmp_path, 77)
+        snapshots.start(str(tmp_path / "raft.snapshot.tmp"), ((b"c", 116, 1),) * 2)
+        assert snapshots.wait(30)
+        # Until pysyncobj is told, and has compacted its log on that tick,
+        # a restart may still need it.
+        assert Path(snapshots.previous).exists()
+
+        assert snapshots.state() == SERIALIZER_STATE.SUCCESS
+        assert Path(snapshots.previous).exists()
+        assert snapshots.state() == SERIALIZER_STATE.NOT_SERIALIZING
+        assert not Path(snapshots.previous).exists()
+        assert Path(snapshots.path).exists()
