@@ -275,8 +275,9 @@ class Snapshots:
     pysyncobj calls a custom serializer on its tick thread and waits for it to
     return. A snapshot is a copy of the whole database, hundreds of megabytes
     once a million executions are stored, and while the tick thread copied it
-    the node sent no heartbeat and committed nothing: for seconds on every
-    compaction, long enough for followers to depose a healthy leader. So
+    the node sent no heartbeat and committed nothing, on every compaction:
+    0.4 s for 233 MB with the file in the page cache, seconds on a slow disk,
+    long enough for followers to depose a healthy leader. So
     ``start`` only starts the copy, and pysyncobj, asking ``state`` on every
     tick, drops the log the snapshot covers once it says SUCCESS.
 
