@@ -15,7 +15,7 @@ from pysyncobj import SERIALIZER_STATE
 
 from dcron import jobs
 from dcron.replication import Snapshots
-from dcron.store import Store
+from dcron.store import Store, read_snapshot_meta
 
 NOW = datetime(2030, 5, 1, 12, 0, tzinfo=UTC)
 RAFT_META = ("last applied entries", "cluster")
@@ -162,11 +162,7 @@ class TestRestartPoint:
         self.write(snapshots, tmp_path, 116)
 
         assert snapshots.restart_point([(76, 1), (77, 1)]) == snapshots.previous
-        meta = pickle.loads(
-            sqlite3.connect(snapshots.previous)
-            .execute("select data from raft_meta")
-            .fetchone()[0]
-        )
+        meta = pickle.loads(read_snapshot_meta(snapshots.previous))
         assert meta[0][1] == 77
 
     def test_the_newest_when_the_log_follows_neither(self, store, tmp_path):
